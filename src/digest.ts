@@ -1,0 +1,60 @@
+import { createHash } from 'node:crypto';
+import { writePfn } from './epoch-record.js';
+
+/**
+ * The end-of-epoch digest proves that the receiver holds exactly the pages
+ * the sender was given. It is a two-level SHA-256 so that groups can be
+ * hashed in parallel by the encoding workers while the result stays
+ * independent of how pages were sharded:
+ *
+ *   group g   = records [64g, 64g + 64) of the epoch, in record order
+ *   groupHash = SHA-256( pfn of each record as u64 LE || page contents after
+ *               the epoch of each record )
+ *   digest    = SHA-256( groupHash_0 || groupHash_1 || ... )
+ *
+ * An epoch with no pages has the digest SHA-256 of nothing.
+ */
+export const DIGEST_GROUP_PAGES = 64;
+export const DIGEST_BYTES = 32;
+
+/** Number of digest groups for an epoch of `pageCount` records. */
+export function digestGroupCount(pageCount: number): number {
+  return Math.ceil(pageCount / DIGEST_GROUP_PAGES);
+}
+
+/**
+ * Hash one group. `pfns` holds the group's pfns as consecutive u64 LE values
+ * and `pages` the group's page contents back to back, both in record order.
+ * The 32-byte result is written to `out` at `outOffset`.
+ */
+export function hashDigestGroup(pfns: Uint8Array, pages: Uint8Array, out: Uint8Array, outOffset: number): void {
+  const hash = createHash('sha256');
+  hash.update(pfns);
+  hash.update(pages);
+  out.set(hash.digest(), outOffset);
+}
+
+/** Fold the group hashes (`groupCount` x 32 bytes, in order) into the epoch digest. */
+export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number): Buffer {
+  const hash = createHash('sha256');
+  hash.update(groupHashes.subarray(0, groupCount * DIGEST_BYTES));
+  return hash.digest();
+}
+
+/**
+ * The image digest: SHA-256 over every page of an image in ascending pfn
+ * order, each as its pfn (u64 LE) followed by its contents. Two images with
+ * the same digest hold the same pages.
+ */
+export function hashImage(pfnsAscending: readonly number[], pageSize: number, readPage: (pfn: number, dst: Uint8Array) => void): Buffer {
+  const hash = createHash('sha256');
+  const pfnBytes = new Uint8Array(8);
+  const page = new Uint8Array(pageSize);
+  for (const pfn of pfnsAscending) {
+    writePfn(pfnBytes, 0, pfn);
+    readPage(pfn, page);
+    hash.update(pfnBytes);
+    hash.update(page);
+  }
+  return hash.digest();
+}

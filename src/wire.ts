@@ -1,0 +1,64 @@
+/**
+ * Constants of the frame format (docs/FORMAT.md) and the ULEB128 integer
+ * coding of page frame numbers, shared by the encoding workers, the frame
+ * writer and the receiver.
+ */
+export const FRAME_MAGIC = 'RMFR';
+export const FRAME_VERSION = 1;
+export const FRAME_HEADER_BYTES = 64;
+/** Offset of the CRC-32 inside the header; the CRC covers bytes before it and the payload. */
+export const FRAME_CRC_OFFSET = 60;
+/** The seed's output buffer size, and our ceiling for one frame. */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+export const FLAG_LAST = 0x01;
+export const FLAG_RESYNC = 0x02;
+export const FLAG_ABORT = 0x04;
+export const KNOWN_FLAGS = FLAG_LAST | FLAG_RESYNC | FLAG_ABORT;
+
+export const CODEC_REMUS = 1;
+
+export const RECORD_REMUS = 1;
+export const RECORD_ZERO = 2;
+
+/** Page frame numbers are below 2^48: any x86-64 physical or virtual page number fits. */
+export const PFN_LIMIT = 2 ** 48;
+/** ULEB128 bytes needed for any pfn below PFN_LIMIT (7 bits a byte). */
+export const MAX_PFN_BYTES = 7;
+/** Record type byte plus the longest pfn. */
+export const RECORD_PREFIX_MAX_BYTES = 1 + MAX_PFN_BYTES;
+
+export const MIN_PAGE_SHIFT = 9;
+export const MAX_PAGE_SHIFT = 16;
+
+/**
+ * Write `value` (a non-negative integer below PFN_LIMIT) as ULEB128 at `pos`;
+ * returns the position after it. Uses division, not shifts, because pfns
+ * exceed 32 bits.
+ */
+export function writeUleb128(out: Uint8Array, pos: number, value: number): number {
+  while (value >= 0x80) {
+    out[pos++] = (value % 0x80) | 0x80;
+    value = Math.floor(value / 0x80);
+  }
+  out[pos++] = value;
+  return pos;
+}
+
+/** Bytes writeUleb128 uses for `value`. */
+export function uleb128Length(value: number): number {
+  let n = 1;
+  while (value >= 0x80) {
+    value = Math.floor(value / 0x80);
+    n++;
+  }
+  return n;
+}
+
+/** log2 of a power of two in the supported page size range, or -1. */
+export function pageShiftOf(pageSize: number): number {
+  for (let shift = MIN_PAGE_SHIFT; shift <= MAX_PAGE_SHIFT; shift++) {
+    if (pageSize === 2 ** shift) return shift;
+  }
+  return -1;
+}
