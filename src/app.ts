@@ -1,0 +1,31 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import swagger from '@fastify/swagger';
+import { healthRoutes } from './routes/health.js';
+import { streamRoutes, type StreamRoutesOptions } from './routes/streams.js';
+import { imageRoutes, type ImageRoutesOptions } from './routes/images.js';
+
+export interface AppOptions {
+  /** Serve the sender (compression) routes under /v1/streams; omit to leave them out. */
+  sender?: StreamRoutesOptions;
+  /** Serve the receiver routes under /v1/images; omit to leave them out. */
+  receiver?: ImageRoutesOptions;
+  logger?: FastifyServerOptions['logger'];
+}
+
+/**
+ * Build the HTTP service. Each route group is a fastify plugin registered with
+ * its own options, so one process can be a sender, a receiver or both.
+ */
+export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({ logger: options.logger ?? false, bodyLimit: 1024 * 1024 });
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'remus-compress', version: '1', description: 'Parallel Remus checkpoint compression: sender and receiver' },
+    },
+  });
+  await app.register(healthRoutes);
+  if (options.sender) await app.register(streamRoutes, options.sender);
+  if (options.receiver) await app.register(imageRoutes, options.receiver);
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}

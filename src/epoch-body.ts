@@ -1,0 +1,155 @@
+import { ServiceError } from './errors.js';
+import { EPOCH_HEADER_BYTES, epochLayout, parseEpochHeader, validateEpochMetadata, type EpochLayout } from './epoch-record.js';
+
+/** Where the body goes: the stream's input slab, grown on demand. */
+export interface InputSlabProvider {
+  /** A slab of at least `bytes` bytes (its first bytes may be overwritten). */
+  inputSlab(bytes: number): Uint8Array;
+  /** Scratch for duplicate detection, at least `count` long. */
+  pfnScratch(count: number): Float64Array;
+}
+
+export interface EpochBodyLimits {
+  pageSize: number;
+  pfnLimit: number;
+  maxEpochBytes: number;
+  /** The only epoch number the stream accepts now. */
+  expectedEpoch: number;
+  /** Content-Length of the request, when the client sent one. */
+  declaredLength: number | null;
+}
+
+export interface EpochMetadata {
+  epoch: number;
+  count: number;
+  layout: EpochLayout;
+  input: Uint8Array;
+}
+
+/**
+ * Reads an epoch body (an RMTR epoch record) from the request straight into
+ * the stream's input slab, checking the header and the pfn list before a
+ * single page is encoded, and tells the encoder how many pages have arrived so
+ * encoding starts while the rest of the body is still on the wire.
+ */
+export class EpochBodyReader {
+  private readonly limits: EpochBodyLimits;
+  private readonly slabs: InputSlabProvider;
+  private readonly header = new Uint8Array(EPOCH_HEADER_BYTES);
+  private received = 0;
+  private meta: EpochMetadata | null = null;
+  private failure: Error | null = null;
+  private done = false;
+  private wake: (() => void) | null = null;
+
+  constructor(limits: EpochBodyLimits, slabs: InputSlabProvider) {
+    this.limits = limits;
+    this.slabs = slabs;
+    if (limits.declaredLength !== null && limits.declaredLength > limits.maxEpochBytes) {
+      throw new ServiceError('EPOCH_TOO_LARGE', `body of ${limits.declaredLength} bytes exceeds the limit of ${limits.maxEpochBytes} bytes`, 413);
+    }
+  }
+
+  /** Consume `source` to its end; failures are kept and reported to waiters. */
+  async pump(source: AsyncIterable<Uint8Array>): Promise<void> {
+    try {
+      for await (const chunk of source) this.accept(chunk);
+      if (this.meta === null || this.received < this.meta.layout.totalBytes) {
+        const expected = this.meta === null ? EPOCH_HEADER_BYTES : this.meta.layout.totalBytes;
+        throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes; the epoch record needs ${expected}`);
+      }
+    } catch (err) {
+      this.failure = err instanceof Error ? err : new Error(String(err));
+    } finally {
+      this.done = true;
+      this.notify();
+    }
+  }
+
+  /** Resolves with the checked header and pfn list once they have arrived. */
+  async metadata(): Promise<EpochMetadata> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      if (this.meta !== null && this.received >= this.meta.layout.pageOffset) return this.meta;
+      if (this.done) throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes, inside the epoch header or pfn list`);
+      await this.nextEvent();
+    }
+  }
+
+  /** Resolves once the first `pages` pages are in the slab. */
+  async waitForPages(pages: number): Promise<void> {
+    const meta = this.meta as EpochMetadata;
+    const needed = meta.layout.pageOffset + pages * this.limits.pageSize;
+    for (;;) {
+      if (this.received >= needed) return;
+      if (this.failure) throw this.failure;
+      await this.nextEvent();
+    }
+  }
+
+  /** Resolves when the whole body has been read and checked. */
+  async finished(): Promise<void> {
+    while (!this.done) await this.nextEvent();
+    if (this.failure) throw this.failure;
+  }
+
+  /** Stop: waiters are woken with `reason`, and the rest of the body is ignored. */
+  abort(reason: Error): void {
+    if (this.failure === null) this.failure = reason;
+    this.notify();
+  }
+
+  private accept(chunk: Uint8Array): void {
+    if (this.failure !== null) throw this.failure;
+    let offset = 0;
+    if (this.meta === null) {
+      const take = Math.min(EPOCH_HEADER_BYTES - this.received, chunk.length);
+      this.header.set(chunk.subarray(0, take), this.received);
+      this.received += take;
+      offset = take;
+      if (this.received < EPOCH_HEADER_BYTES) return;
+      this.meta = this.openEpoch();
+      this.meta.input.set(this.header, 0);
+    }
+    const meta = this.meta;
+    const rest = chunk.length - offset;
+    if (this.received + rest > meta.layout.totalBytes) {
+      throw new ServiceError('EPOCH_BODY_TOO_LONG', `body goes on past the end of the epoch record at byte ${meta.layout.totalBytes}`);
+    }
+    const before = this.received;
+    meta.input.set(offset === 0 ? chunk : chunk.subarray(offset), before);
+    this.received += rest;
+    if (before < meta.layout.pageOffset && this.received >= meta.layout.pageOffset) {
+      validateEpochMetadata(meta.input, meta.count, meta.layout, this.limits.pfnLimit, this.slabs.pfnScratch(meta.count));
+    }
+    this.notify();
+  }
+
+  private openEpoch(): EpochMetadata {
+    const { epoch, count } = parseEpochHeader(this.header, 0);
+    const { expectedEpoch, maxEpochBytes, declaredLength, pageSize } = this.limits;
+    if (epoch !== expectedEpoch) {
+      throw new ServiceError('EPOCH_OUT_OF_ORDER', `epoch ${epoch} was sent; the stream expects epoch ${expectedEpoch}`, 409);
+    }
+    const layout = epochLayout(count, pageSize);
+    if (layout.totalBytes > maxEpochBytes) {
+      throw new ServiceError('EPOCH_TOO_LARGE', `epoch of ${count} pages is ${layout.totalBytes} bytes, over the limit of ${maxEpochBytes} bytes`, 413);
+    }
+    if (declaredLength !== null && declaredLength !== layout.totalBytes) {
+      throw new ServiceError('EPOCH_LENGTH_MISMATCH', `Content-Length is ${declaredLength} but an epoch of ${count} pages of ${pageSize} bytes is ${layout.totalBytes} bytes`);
+    }
+    return { epoch, count, layout, input: this.slabs.inputSlab(layout.totalBytes) };
+  }
+
+  private nextEvent(): Promise<void> {
+    return new Promise((resolve) => {
+      this.wake = resolve;
+    });
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+}

@@ -1,0 +1,227 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { IncomingMessage } from 'node:http';
+import { Sender, type SenderOptions, type StreamRequest } from '../sender.js';
+import type { FrameSink } from '../merge.js';
+import type { StreamConfig } from '../stream.js';
+import { ServiceError } from '../errors.js';
+import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
+
+export type StreamRoutesOptions = SenderOptions;
+
+const errorSchema = {
+  type: 'object',
+  properties: {
+    statusCode: { type: 'integer' },
+    code: { type: 'string' },
+    error: { type: 'string' },
+    message: { type: 'string' },
+  },
+  required: ['statusCode', 'code', 'message'],
+} as const;
+
+const configSchema = {
+  type: 'object',
+  properties: {
+    pageSize: { type: 'integer', description: 'Bytes per page, a power of two from 512 to 65536' },
+    cacheBytes: { type: 'integer', description: 'Delta cache budget in bytes, split over the partitions' },
+    workers: { type: 'integer', description: 'Cache partitions, each encoded by one worker thread' },
+    frameBytes: { type: 'integer', description: 'Largest frame, header included (at most 16 MiB)' },
+    pfnLimit: { type: 'integer', description: 'pfns must be below this' },
+    maxEpochBytes: { type: 'integer', description: 'Largest epoch body accepted' },
+  },
+} as const;
+
+const statsSchema = {
+  type: 'object',
+  additionalProperties: { type: 'number' },
+} as const;
+
+const streamSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    config: configSchema,
+    nextEpoch: { type: 'integer' },
+    busy: { type: 'boolean' },
+    resyncPending: { type: 'boolean' },
+    stats: statsSchema,
+    lastEpoch: {
+      type: ['object', 'null'],
+      properties: {
+        epoch: { type: 'integer' },
+        pages: { type: 'integer' },
+        bytesIn: { type: 'integer' },
+        bytesOut: { type: 'integer' },
+        frames: { type: 'integer' },
+        resync: { type: 'boolean' },
+        encodeWallNs: { type: 'integer' },
+        wallNs: { type: 'integer' },
+      },
+    },
+  },
+  required: ['id', 'config', 'nextEpoch', 'busy', 'stats'],
+} as const;
+
+const idParams = {
+  type: 'object',
+  properties: { id: { type: 'string', maxLength: 64 } },
+  required: ['id'],
+} as const;
+
+/**
+ * The sender: streams, epochs in, frames out. The epoch body is binary (an
+ * RMTR epoch record) and is read by hand into the stream's input slab, never
+ * buffered whole by fastify.
+ */
+export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app, options) => {
+  const sender = new Sender(options);
+  app.addHook('onClose', async () => sender.close());
+
+  // Hand the raw request through: the stream reads it into its slab with
+  // every length checked, as the pages arrive.
+  app.addContentTypeParser(EPOCH_CONTENT_TYPE, (_request, payload, done) => done(null, payload));
+
+  app.post<{ Body: StreamRequest }>(
+    '/v1/streams',
+    {
+      schema: {
+        summary: 'Create a compression stream (one per protected machine)',
+        body: { ...configSchema, additionalProperties: false },
+        response: { 201: streamSchema, 400: errorSchema, 503: errorSchema },
+      },
+    },
+    async (request, reply) => {
+      const stream = sender.create(request.body ?? {});
+      return reply.code(201).send({ ...stream.describe(), config: publicConfig(stream.config) });
+    },
+  );
+
+  app.get('/v1/streams', { schema: { summary: 'List streams', response: { 200: { type: 'array', items: streamSchema } } } }, async () =>
+    sender.list().map((s) => ({ ...s.describe(), config: publicConfig(s.config) })),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    '/v1/streams/:id',
+    { schema: { summary: 'A stream: configuration, next epoch and XBZRLE-style counters', params: idParams, response: { 200: streamSchema, 404: errorSchema } } },
+    async (request) => {
+      const stream = sender.get(request.params.id);
+      return { ...stream.describe(), config: publicConfig(stream.config) };
+    },
+  );
+
+  app.get<{ Params: { id: string } }>(
+    '/v1/streams/:id/stats',
+    { schema: { summary: "A stream's counters", params: idParams, response: { 200: statsSchema, 404: errorSchema } } },
+    async (request) => sender.get(request.params.id).stats,
+  );
+
+  app.delete<{ Params: { id: string } }>(
+    '/v1/streams/:id',
+    { schema: { summary: 'Delete a stream and free its cache', params: idParams, response: { 204: { type: 'null' }, 404: errorSchema } } },
+    async (request, reply) => {
+      await sender.delete(request.params.id);
+      return reply.code(204).send();
+    },
+  );
+
+  app.post<{ Params: { id: string } }>(
+    '/v1/streams/:id/reset',
+    {
+      schema: {
+        summary: 'Forget every cached page: the next epoch is a RESYNC epoch that replaces the receiver image',
+        params: idParams,
+        response: { 200: streamSchema, 404: errorSchema, 409: errorSchema },
+      },
+    },
+    async (request) => {
+      const stream = sender.get(request.params.id);
+      await stream.reset();
+      return { ...stream.describe(), config: publicConfig(stream.config) };
+    },
+  );
+
+  app.post<{ Params: { id: string; epoch: number } }>(
+    '/v1/streams/:id/epochs/:epoch/abort',
+    {
+      schema: {
+        summary: 'Abort the running epoch, or the last completed one that the receiver did not commit; its pages leave the cache',
+        params: {
+          type: 'object',
+          properties: { id: { type: 'string', maxLength: 64 }, epoch: { type: 'integer', minimum: 0, maximum: 0xffffffff } },
+          required: ['id', 'epoch'],
+        },
+        response: {
+          200: { type: 'object', properties: { aborted: { type: 'string' }, nextEpoch: { type: 'integer' } }, required: ['aborted', 'nextEpoch'] },
+          404: errorSchema,
+          409: errorSchema,
+        },
+      },
+    },
+    async (request) => {
+      const stream = sender.get(request.params.id);
+      const aborted = await stream.abortEpoch(request.params.epoch);
+      return { aborted, nextEpoch: stream.nextEpoch };
+    },
+  );
+
+  app.post<{ Params: { id: string } }>(
+    '/v1/streams/:id/epochs',
+    {
+      schema: {
+        summary: 'Submit an epoch (an RMTR epoch record, application/octet-stream); the response streams its frames (application/x-remus-frames)',
+        params: idParams,
+        response: { 400: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 500: errorSchema },
+      },
+    },
+    async (request, reply) => {
+      const stream = sender.get(request.params.id);
+      const body = request.body as IncomingMessage;
+      const declared = request.headers['content-length'];
+      const sink = responseSink(request, reply);
+      const cut = new AbortController();
+      // A controller that goes away mid-response aborts the epoch, exactly as
+      // if it had asked: the receiver cannot have committed it.
+      reply.raw.on('close', () => {
+        if (!reply.raw.writableFinished) cut.abort(new ServiceError('CLIENT_DISCONNECTED', 'the client closed the connection before the epoch was sent', 499));
+      });
+      try {
+        // Iterate without destroying the request on error, so that an error
+        // found before the first frame can still be answered as JSON.
+        await stream.runEpoch(body.iterator({ destroyOnReturn: false }), declared === undefined ? null : Number(declared), sink, cut.signal);
+      } catch (err) {
+        if (reply.sent || reply.raw.headersSent) {
+          reply.raw.end();
+          return reply;
+        }
+        // The rest of the body is not wanted; do not keep the connection.
+        reply.header('connection', 'close');
+        throw err;
+      }
+      reply.raw.end();
+      return reply;
+    },
+  );
+};
+
+/** The HTTP response as a frame sink: headers go with the first frame; a frame's slab is released when its write completes. */
+function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
+  return {
+    begin() {
+      reply.hijack();
+      reply.raw.writeHead(200, { 'content-type': FRAMES_CONTENT_TYPE, 'x-request-id': String(request.id) });
+    },
+    write(frame, release) {
+      if (reply.raw.destroyed) {
+        release(new Error('connection closed'));
+        return;
+      }
+      reply.raw.write(frame, (err) => release(err ?? null));
+    },
+  };
+}
+
+/** The configuration as the API names it (partitions are "workers" to a client). */
+function publicConfig(config: StreamConfig): Record<string, number> {
+  const { partitions, ...rest } = config;
+  return { ...rest, workers: partitions };
+}

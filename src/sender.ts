@@ -1,0 +1,117 @@
+import { availableParallelism } from 'node:os';
+import { ServiceError } from './errors.js';
+import { minFrameBytes } from './frames.js';
+import { Stream, type StreamConfig } from './stream.js';
+import { WorkerPool } from './worker-pool.js';
+import { MAX_FRAME_BYTES, PFN_LIMIT, pageShiftOf } from './wire.js';
+
+export interface SenderOptions {
+  /** Encoding worker threads shared by all streams (default: cores, at most 4). */
+  workers?: number;
+  /** Streams open at once (default 64). */
+  maxStreams?: number;
+  /** Largest epoch body a stream may accept, and its default (default 1 GiB). */
+  maxEpochBytes?: number;
+  /** Let tests make a worker exit (never in production). */
+  allowFaults?: boolean;
+}
+
+export const DEFAULT_PAGE_SIZE = 4096;
+/** The seed's cache: 8192 pages of 4 KiB. */
+export const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
+/** Small enough that the first frame leaves early, large enough to amortise headers. */
+export const DEFAULT_FRAME_BYTES = 1024 * 1024;
+export const DEFAULT_MAX_EPOCH_BYTES = 1024 * 1024 * 1024;
+export const DEFAULT_MAX_STREAMS = 64;
+export const MAX_PARTITIONS = 64;
+
+export type StreamRequest = Partial<Omit<StreamConfig, 'partitions'>> & { workers?: number };
+
+/**
+ * The compression side of the service: one pool of encoding workers shared by
+ * every stream, and the open streams. A stream's partitions are spread over
+ * the workers starting at a rotating offset, so streams share the cores.
+ */
+export class Sender {
+  readonly pool: WorkerPool;
+  readonly maxStreams: number;
+  readonly maxEpochBytes: number;
+  private readonly streams = new Map<string, Stream>();
+  private nextId = 1;
+  private nextFirstWorker = 0;
+
+  constructor(options: SenderOptions = {}) {
+    const workers = options.workers ?? Math.min(availableParallelism(), 4);
+    if (!Number.isInteger(workers) || workers < 1 || workers > MAX_PARTITIONS) {
+      throw new ServiceError('INVALID_CONFIG', `workers must be an integer from 1 to ${MAX_PARTITIONS}, got ${workers}`);
+    }
+    this.pool = new WorkerPool({ workers, allowFaults: options.allowFaults });
+    this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
+    this.maxEpochBytes = options.maxEpochBytes ?? DEFAULT_MAX_EPOCH_BYTES;
+  }
+
+  /** Validate a request against the service limits and fill in the defaults. */
+  resolveConfig(request: StreamRequest): StreamConfig {
+    const config: StreamConfig = {
+      pageSize: request.pageSize ?? DEFAULT_PAGE_SIZE,
+      cacheBytes: request.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      partitions: request.workers ?? this.pool.size,
+      frameBytes: request.frameBytes ?? DEFAULT_FRAME_BYTES,
+      pfnLimit: request.pfnLimit ?? PFN_LIMIT,
+      maxEpochBytes: request.maxEpochBytes ?? this.maxEpochBytes,
+    };
+    const bad = (field: string, why: string): never => {
+      throw new ServiceError('INVALID_CONFIG', `${field} ${why}`);
+    };
+    if (pageShiftOf(config.pageSize) < 0) bad('pageSize', `must be a power of two from 512 to 65536, got ${config.pageSize}`);
+    if (!Number.isInteger(config.cacheBytes) || config.cacheBytes < 0) bad('cacheBytes', `must be a non-negative integer, got ${config.cacheBytes}`);
+    if (!Number.isInteger(config.partitions) || config.partitions < 1 || config.partitions > MAX_PARTITIONS) {
+      bad('workers', `must be an integer from 1 to ${MAX_PARTITIONS}, got ${config.partitions}`);
+    }
+    const minFrame = minFrameBytes(config.pageSize);
+    if (!Number.isInteger(config.frameBytes) || config.frameBytes < minFrame || config.frameBytes > MAX_FRAME_BYTES) {
+      bad('frameBytes', `must be from ${minFrame} (one worst-case record of a ${config.pageSize}-byte page) to ${MAX_FRAME_BYTES}, got ${config.frameBytes}`);
+    }
+    if (!Number.isInteger(config.pfnLimit) || config.pfnLimit < 1 || config.pfnLimit > PFN_LIMIT) {
+      bad('pfnLimit', `must be an integer from 1 to 2^48, got ${config.pfnLimit}`);
+    }
+    if (!Number.isInteger(config.maxEpochBytes) || config.maxEpochBytes < 16 || config.maxEpochBytes > this.maxEpochBytes) {
+      bad('maxEpochBytes', `must be from 16 to the service limit ${this.maxEpochBytes}, got ${config.maxEpochBytes}`);
+    }
+    return config;
+  }
+
+  create(request: StreamRequest): Stream {
+    const config = this.resolveConfig(request);
+    if (this.streams.size >= this.maxStreams) {
+      throw new ServiceError('TOO_MANY_STREAMS', `${this.streams.size} streams are open, the limit is ${this.maxStreams}; delete one first`, 503);
+    }
+    const id = `s${this.nextId++}`;
+    const stream = new Stream(id, config, this.pool, this.nextFirstWorker);
+    this.nextFirstWorker = (this.nextFirstWorker + config.partitions) % this.pool.size;
+    this.streams.set(id, stream);
+    return stream;
+  }
+
+  get(id: string): Stream {
+    const stream = this.streams.get(id);
+    if (stream === undefined) throw new ServiceError('STREAM_NOT_FOUND', `no stream ${id}`, 404);
+    return stream;
+  }
+
+  list(): Stream[] {
+    return [...this.streams.values()];
+  }
+
+  async delete(id: string): Promise<void> {
+    const stream = this.get(id);
+    this.streams.delete(id);
+    await stream.close();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.streams.values()].map((s) => s.close()));
+    this.streams.clear();
+    await this.pool.close();
+  }
+}

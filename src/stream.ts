@@ -1,0 +1,564 @@
+import { remusMaxEncodedBytes } from './codec/remus.js';
+import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest } from './digest.js';
+import { EpochBodyReader, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
+import { ServiceError } from './errors.js';
+import { encodeAbortFrame } from './frames.js';
+import { FrameAssembler, type FrameSink } from './merge.js';
+import { BatchSharder } from './sharding.js';
+import type { WorkerPool } from './worker-pool.js';
+import type { EncodeResult, EncodeTask } from '../workers/protocol.js';
+import { FLAG_RESYNC, RECORD_PREFIX_MAX_BYTES, pageShiftOf } from './wire.js';
+
+export interface StreamConfig {
+  pageSize: number;
+  /** Delta cache budget in bytes, split evenly over the partitions. */
+  cacheBytes: number;
+  /** Cache partitions, one per worker: the degree of parallelism. */
+  partitions: number;
+  /** Largest frame, header included. */
+  frameBytes: number;
+  /** pfns must be below this (the machine's page count, Xen's p2m_size). */
+  pfnLimit: number;
+  /** Largest epoch body accepted. */
+  maxEpochBytes: number;
+}
+
+/** QEMU's XBZRLE counters, plus ours. */
+export interface StreamStats {
+  epochsCommitted: number;
+  epochsAborted: number;
+  pages: number;
+  bytesIn: number;
+  bytesOut: number;
+  cacheHits: number;
+  cacheMisses: number;
+  cacheMissRate: number;
+  overflows: number;
+  zeroPages: number;
+  rawPages: number;
+  unchangedPages: number;
+  cachedPages: number;
+  /** Summed worker time in encode tasks. */
+  encodeNs: number;
+  /** Dirty bytes per second of worker encode time. */
+  encodingRate: number;
+}
+
+export interface EpochSummary {
+  epoch: number;
+  pages: number;
+  bytesIn: number;
+  bytesOut: number;
+  frames: number;
+  resync: boolean;
+  /** From the first page dispatched to the digest known. */
+  encodeWallNs: number;
+  /** From the request's start to the last frame released by the sink. */
+  wallNs: number;
+}
+
+/** Batches in flight at once: one merging while the next encodes. */
+const BATCH_RING = 2;
+/** Frame slabs per stream: frames on the wire while the next fills. */
+const FRAME_SLABS = 3;
+/** Input bytes per batch: large enough to amortise a task round trip, small enough that frames leave early. */
+const BATCH_TARGET_BYTES = 4 * 1024 * 1024;
+
+interface Batch {
+  first: number;
+  end: number;
+  tasks: Promise<(EncodeResult | null)[]>;
+}
+
+interface CompletedEpoch {
+  epoch: number;
+  count: number;
+  resync: boolean;
+}
+
+/**
+ * One protected machine's compression stream: its configuration, its cache
+ * partitions (held by the workers), its slabs, and the epoch state machine.
+ * Epochs run one at a time; an epoch either completes (every frame handed to
+ * the sink) or is aborted, and an aborted epoch's pages leave every partition
+ * before the stream accepts anything else, so the sender's caches never hold
+ * a page the receiver did not get.
+ */
+export class Stream implements InputSlabProvider {
+  readonly id: string;
+  readonly config: StreamConfig;
+  private readonly pool: WorkerPool;
+  /** Partition k lives on worker workerOf[k], for the stream's whole life. */
+  private readonly workerOf: number[];
+  private readonly pageShift: number;
+  private readonly batchPages: number;
+  private readonly maxRecordBytes: number;
+  private readonly sharder: BatchSharder;
+
+  /** Batch record regions, then the frame slabs. */
+  private readonly work: SharedArrayBuffer;
+  private readonly work8: Uint8Array;
+  private readonly frameSlabStarts: number[];
+  private readonly indices: SharedArrayBuffer;
+  private readonly indices32: Int32Array;
+  private input = new SharedArrayBuffer(0);
+  private input8 = new Uint8Array(this.input);
+  private records = new SharedArrayBuffer(0);
+  private records32 = new Int32Array(this.records);
+  private groupHashes = new SharedArrayBuffer(0);
+  private scratch = new Float64Array(0);
+  /** The last completed epoch's pfns (u64 LE), kept so it can still be aborted. */
+  private lastPfns = new SharedArrayBuffer(0);
+
+  private nextEpochNumber = 0;
+  private resyncPending = true;
+  private lastCompleted: CompletedEpoch | null = null;
+  private running: { epoch: number | null; controller: AbortController; done: Promise<unknown> } | null = null;
+  private maintenance: Promise<void> | null = null;
+  private closed = false;
+  readonly stats: StreamStats = {
+    epochsCommitted: 0, epochsAborted: 0, pages: 0, bytesIn: 0, bytesOut: 0,
+    cacheHits: 0, cacheMisses: 0, cacheMissRate: 0, overflows: 0, zeroPages: 0,
+    rawPages: 0, unchangedPages: 0, cachedPages: 0, encodeNs: 0, encodingRate: 0,
+  };
+  lastEpoch: EpochSummary | null = null;
+  private readonly cachedPerPartition: number[];
+
+  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number) {
+    this.id = id;
+    this.config = config;
+    this.pool = pool;
+    this.pageShift = pageShiftOf(config.pageSize);
+    this.workerOf = Array.from({ length: config.partitions }, (_, k) => (firstWorker + k) % pool.size);
+    this.cachedPerPartition = new Array<number>(config.partitions).fill(0);
+    const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
+    this.batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
+    this.maxRecordBytes = RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(config.pageSize);
+    this.sharder = new BatchSharder(config.partitions, this.batchPages);
+
+    const regionBytes = this.batchPages * this.maxRecordBytes;
+    // Frame slabs start on 4 KiB boundaries so page payloads copied into them
+    // keep a page-friendly alignment.
+    const framesStart = alignUp(BATCH_RING * regionBytes, 4096);
+    const slabStride = alignUp(config.frameBytes, 4096);
+    this.work = new SharedArrayBuffer(framesStart + FRAME_SLABS * slabStride);
+    this.work8 = new Uint8Array(this.work);
+    this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => framesStart + i * slabStride);
+    this.indices = new SharedArrayBuffer(BATCH_RING * this.batchPages * 4);
+    this.indices32 = new Int32Array(this.indices);
+  }
+
+  /** Cache pages per partition: the byte budget split as evenly as whole pages allow. */
+  slotCount(partition: number): number {
+    const total = Math.floor(this.config.cacheBytes / this.config.pageSize);
+    const { partitions } = this.config;
+    return Math.floor(total / partitions) + (partition < total % partitions ? 1 : 0);
+  }
+
+  get nextEpoch(): number {
+    return this.nextEpochNumber;
+  }
+
+  get busy(): boolean {
+    return this.running !== null;
+  }
+
+  /** Bytes of memory this stream holds on the main thread (slabs), for budgets and metrics. */
+  get slabBytes(): number {
+    return this.work.byteLength + this.indices.byteLength + this.input.byteLength + this.records.byteLength + this.groupHashes.byteLength;
+  }
+
+  // InputSlabProvider: called by the body reader once the epoch header has
+  // been accepted.
+  inputSlab(bytes: number): Uint8Array {
+    if (this.input.byteLength < bytes) {
+      this.input = new SharedArrayBuffer(Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes)));
+      this.input8 = new Uint8Array(this.input);
+    }
+    return this.input8;
+  }
+
+  pfnScratch(count: number): Float64Array {
+    if (this.scratch.length < count) this.scratch = new Float64Array(growTo(count));
+    return this.scratch;
+  }
+
+  /**
+   * Run one epoch: read its body from `source`, encode it on the partitions'
+   * workers, and write its frames to `sink` as they are merged. Rejects with a
+   * ServiceError when the epoch fails; by then the epoch's pages have left
+   * every partition, and if frames had already gone out an ABORT frame has
+   * followed them.
+   */
+  async runEpoch(source: AsyncIterable<Uint8Array>, declaredLength: number | null, sink: FrameSink, signal?: AbortSignal): Promise<EpochSummary> {
+    this.checkOpen();
+    if (this.running !== null || this.maintenance !== null) {
+      throw new ServiceError('EPOCH_IN_PROGRESS', `stream ${this.id} is busy with another epoch; epochs of one stream run one at a time`, 409);
+    }
+    const controller = new AbortController();
+    const onOuterAbort = (): void => controller.abort(signal?.reason);
+    signal?.addEventListener('abort', onOuterAbort, { once: true });
+    const running = { epoch: null as number | null, controller, done: Promise.resolve() as Promise<unknown> };
+    this.running = running;
+    const work = this.execute(source, declaredLength, sink, controller.signal, running);
+    running.done = work.catch(() => undefined);
+    try {
+      return await work;
+    } finally {
+      signal?.removeEventListener('abort', onOuterAbort);
+      this.running = null;
+    }
+  }
+
+  private async execute(
+    source: AsyncIterable<Uint8Array>,
+    declaredLength: number | null,
+    sink: FrameSink,
+    signal: AbortSignal,
+    running: { epoch: number | null },
+  ): Promise<EpochSummary> {
+    const started = process.hrtime.bigint();
+    const { pageSize, partitions } = this.config;
+    const reader = new EpochBodyReader(
+      { pageSize, pfnLimit: this.config.pfnLimit, maxEpochBytes: this.config.maxEpochBytes, expectedEpoch: this.nextEpochNumber, declaredLength },
+      this,
+    );
+    const abortReader = (): void => reader.abort(abortError(signal));
+    signal.addEventListener('abort', abortReader, { once: true });
+    const pumping = reader.pump(source);
+    const resync = this.resyncPending;
+    const inFlight: Batch[] = [];
+    let meta: EpochMetadata | null = null;
+    let assembler: FrameAssembler | null = null;
+    const onAbort = (): void => assembler?.abort(abortError(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      meta = await reader.metadata();
+      running.epoch = meta.epoch;
+      // The cache is about to move past the previous epoch: from here on it
+      // can no longer be aborted (the controller has moved on).
+      this.lastCompleted = null;
+      const { count, layout } = meta;
+      this.ensureEpochSlabs(count);
+      const pass = new EpochCounters();
+      assembler = new FrameAssembler(this.work8, this.frameSlabStarts, this.config.frameBytes, sink, {
+        epoch: meta.epoch,
+        pageShift: this.pageShift,
+        flags: resync ? FLAG_RESYNC : 0,
+      });
+      const encodeStarted = process.hrtime.bigint();
+      for (let first = 0, ring = 0; first < count; first += this.batchPages, ring = (ring + 1) % BATCH_RING) {
+        const end = Math.min(first + this.batchPages, count);
+        await reader.waitForPages(end);
+        if (inFlight.length === BATCH_RING) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass);
+        inFlight.push({ first, end, tasks: this.dispatch(meta, first, end, ring) });
+        if (signal.aborted) throw abortError(signal);
+      }
+      while (inFlight.length > 0) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass);
+      await reader.finished();
+      const digest = foldEpochDigest(new Uint8Array(this.groupHashes), digestGroupCount(count));
+      const encodeWallNs = Number(process.hrtime.bigint() - encodeStarted);
+      await assembler.finish(count, digest);
+      if (signal.aborted) throw abortError(signal);
+
+      this.commit(meta, resync, pass, assembler.bytesWritten);
+      const summary: EpochSummary = {
+        epoch: meta.epoch,
+        pages: count,
+        bytesIn: count * pageSize,
+        bytesOut: assembler.bytesWritten,
+        frames: assembler.framesWritten,
+        resync,
+        encodeWallNs,
+        wallNs: Number(process.hrtime.bigint() - started),
+      };
+      this.lastEpoch = summary;
+      this.rememberCompleted(meta, resync);
+      return summary;
+    } catch (err) {
+      const failure = asServiceError(err, signal);
+      reader.abort(failure);
+      // Wait for every task of the epoch before touching the partitions
+      // again: a task still running could re-insert a page after its
+      // invalidation otherwise.
+      await Promise.allSettled(inFlight.map((b) => b.tasks));
+      if (meta !== null) {
+        if (meta.count > 0) await this.invalidate(this.input, meta.layout.pfnOffset, meta.count);
+        this.stats.epochsAborted++;
+      }
+      if (assembler !== null && assembler.started && meta !== null) {
+        await this.sendAbortFrame(assembler, sink, meta.epoch, resync, failure);
+      }
+      throw failure;
+    } finally {
+      signal.removeEventListener('abort', abortReader);
+      signal.removeEventListener('abort', onAbort);
+      await pumping;
+    }
+  }
+
+  private ensureEpochSlabs(count: number): void {
+    if (this.records.byteLength < count * 8) {
+      this.records = new SharedArrayBuffer(growTo(count * 8));
+      this.records32 = new Int32Array(this.records);
+    }
+    const hashBytes = digestGroupCount(count) * DIGEST_BYTES;
+    if (this.groupHashes.byteLength < hashBytes) this.groupHashes = new SharedArrayBuffer(growTo(hashBytes));
+  }
+
+  /** Shard pages [first, end) across the partitions and start their tasks. */
+  private dispatch(meta: EpochMetadata, first: number, end: number, ring: number): Promise<(EncodeResult | null)[]> {
+    const { partitions, pageSize } = this.config;
+    const indexBase = ring * this.batchPages;
+    this.sharder.plan(this.input8, meta.layout.pfnOffset, first, end, this.indices32, indexBase);
+    const regionStart = ring * this.batchPages * this.maxRecordBytes;
+    const groupStart = first / DIGEST_GROUP_PAGES;
+    const groupEnd = digestGroupCount(end);
+    const tasks: Promise<EncodeResult | null>[] = [];
+    for (let p = 0; p < partitions; p++) {
+      const indexStart = this.sharder.starts[p];
+      const indexCount = this.sharder.counts[p];
+      // Digest groups are spread over the partitions too, round robin.
+      const groupFirst = groupStart + ((p - (groupStart % partitions)) + partitions) % partitions;
+      if (indexCount === 0 && groupFirst >= groupEnd) continue;
+      const outStart = regionStart + (indexStart - indexBase) * this.maxRecordBytes;
+      const task: EncodeTask = {
+        op: 'encode',
+        stream: this.id,
+        partition: p,
+        pageSize,
+        slotCount: this.slotCount(p),
+        input: this.input,
+        pfnOffset: meta.layout.pfnOffset,
+        kindOffset: meta.layout.kindOffset,
+        pageOffset: meta.layout.pageOffset,
+        indices: this.indices,
+        indexStart,
+        indexCount,
+        work: this.work,
+        outStart,
+        outLimit: outStart + indexCount * this.maxRecordBytes,
+        records: this.records,
+        groupHashes: this.groupHashes,
+        groupFirst,
+        groupEnd,
+        groupStep: partitions,
+        pageCount: meta.count,
+      };
+      tasks.push(this.pool.run(this.workerOf[p], task).then((r) => {
+        if (r !== null) this.cachedPerPartition[p] = r.cachedPages;
+        return r;
+      }));
+    }
+    return Promise.all(tasks);
+  }
+
+  /** Wait for a batch's tasks, then copy its records into frames in request order. */
+  private async mergeBatch(batch: Batch, assembler: FrameAssembler, pass: EpochCounters): Promise<void> {
+    for (const result of await batch.tasks) if (result !== null) pass.add(result);
+    const records = this.records32;
+    for (let i = batch.first; i < batch.end; i++) {
+      const offset = records[2 * i];
+      const length = records[2 * i + 1];
+      if (!assembler.tryAppend(offset, length)) {
+        await assembler.openFrame();
+        assembler.tryAppend(offset, length);
+      }
+    }
+  }
+
+  private rememberCompleted(meta: EpochMetadata, resync: boolean): void {
+    const bytes = meta.count * 8;
+    if (this.lastPfns.byteLength < bytes) this.lastPfns = new SharedArrayBuffer(growTo(bytes));
+    new Uint8Array(this.lastPfns).set(this.input8.subarray(meta.layout.pfnOffset, meta.layout.pfnOffset + bytes));
+    this.lastCompleted = { epoch: meta.epoch, count: meta.count, resync };
+  }
+
+  private commit(meta: EpochMetadata, resync: boolean, pass: EpochCounters, bytesOut: number): void {
+    const s = this.stats;
+    this.nextEpochNumber = meta.epoch + 1;
+    if (resync) this.resyncPending = false;
+    s.epochsCommitted++;
+    s.pages += meta.count;
+    s.bytesIn += meta.count * this.config.pageSize;
+    s.bytesOut += bytesOut;
+    s.cacheHits += pass.cacheHits;
+    s.cacheMisses += pass.cacheMisses;
+    s.overflows += pass.overflows;
+    s.zeroPages += pass.zeroPages;
+    s.rawPages += pass.rawPages;
+    s.unchangedPages += pass.unchangedPages;
+    s.encodeNs += pass.busyNs;
+    const lookups = s.cacheHits + s.cacheMisses;
+    s.cacheMissRate = lookups === 0 ? 0 : s.cacheMisses / lookups;
+    s.encodingRate = s.encodeNs === 0 ? 0 : s.bytesIn / (s.encodeNs / 1e9);
+    s.cachedPages = this.cachedPerPartition.reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * Remove the given pfns from every partition. A partition whose worker
+   * cannot do it is dropped whole instead; if even that fails the worker is
+   * gone, and its replacement starts empty. Either way no partition keeps a
+   * page the receiver may not hold.
+   */
+  private async invalidate(pfns: SharedArrayBuffer, pfnOffset: number, count: number): Promise<void> {
+    await Promise.all(
+      this.workerOf.map(async (worker, partition) => {
+        try {
+          await this.pool.run(worker, { op: 'invalidate', stream: this.id, partition, input: pfns, pfnOffset, count });
+        } catch {
+          await this.pool.run(worker, { op: 'drop', stream: this.id }).catch(() => undefined);
+        }
+      }),
+    );
+  }
+
+  private async sendAbortFrame(assembler: FrameAssembler, sink: FrameSink, epoch: number, resync: boolean, failure: ServiceError): Promise<void> {
+    try {
+      await assembler.drain();
+    } catch {
+      return; // the client is gone: nobody to tell
+    }
+    const frame = encodeAbortFrame(epoch, assembler.framesWritten, this.pageShift, resync ? FLAG_RESYNC : 0, failure.code, failure.message);
+    await new Promise<void>((resolve) => sink.write(frame, () => resolve()));
+  }
+
+  /**
+   * Abort epoch `epoch`: the one running now (it stops and its pages leave
+   * the cache), or the last completed one, when the receiver did not commit
+   * it (its pages leave the cache and the stream expects that epoch number
+   * again). Any other epoch cannot be aborted.
+   */
+  async abortEpoch(epoch: number): Promise<'running' | 'completed'> {
+    this.checkOpen();
+    const running = this.running;
+    if (running !== null && (running.epoch === epoch || (running.epoch === null && epoch === this.nextEpochNumber))) {
+      running.controller.abort(new ServiceError('EPOCH_ABORTED', `epoch ${epoch} was aborted by request`, 409));
+      await running.done;
+      return 'running';
+    }
+    const last = this.lastCompleted;
+    if (running === null && this.maintenance === null && last !== null && last.epoch === epoch) {
+      await this.exclusive(async () => {
+        await this.invalidate(this.lastPfns, 0, last.count);
+        this.nextEpochNumber = last.epoch;
+        if (last.resync) this.resyncPending = true;
+        this.lastCompleted = null;
+        this.stats.epochsCommitted--;
+        this.stats.epochsAborted++;
+      });
+      return 'completed';
+    }
+    throw new ServiceError(
+      'EPOCH_NOT_ABORTABLE',
+      `epoch ${epoch} is neither running nor the last completed epoch of stream ${this.id} (next epoch: ${this.nextEpochNumber})`,
+      409,
+    );
+  }
+
+  /**
+   * Forget every cached page: the next epoch is a RESYNC epoch that replaces
+   * the receiver's image. Used when the receiver lost its image or refused a
+   * frame.
+   */
+  async reset(): Promise<void> {
+    this.checkOpen();
+    if (this.running !== null || this.maintenance !== null) {
+      throw new ServiceError('EPOCH_IN_PROGRESS', `stream ${this.id} is busy; abort the running epoch before a reset`, 409);
+    }
+    await this.exclusive(async () => {
+      await this.dropPartitions();
+      this.resyncPending = true;
+      this.lastCompleted = null;
+    });
+  }
+
+  /** Free the partitions; the stream accepts nothing afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.running !== null) {
+      this.running.controller.abort(new ServiceError('STREAM_DELETED', `stream ${this.id} was deleted`, 410));
+      await this.running.done;
+    }
+    await this.maintenance;
+    await this.dropPartitions();
+  }
+
+  private async dropPartitions(): Promise<void> {
+    const workers = [...new Set(this.workerOf)];
+    await Promise.all(workers.map((w) => this.pool.run(w, { op: 'drop', stream: this.id }).catch(() => undefined)));
+    this.cachedPerPartition.fill(0);
+    this.stats.cachedPages = 0;
+  }
+
+  private async exclusive(work: () => Promise<void>): Promise<void> {
+    const task = work();
+    this.maintenance = task;
+    try {
+      await task;
+    } finally {
+      this.maintenance = null;
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ServiceError('STREAM_NOT_FOUND', `stream ${this.id} was deleted`, 404);
+  }
+
+  /** The stream's state, for the stats route. */
+  describe(): { id: string; config: StreamConfig; nextEpoch: number; busy: boolean; resyncPending: boolean; stats: StreamStats; lastEpoch: EpochSummary | null } {
+    return {
+      id: this.id,
+      config: this.config,
+      nextEpoch: this.nextEpochNumber,
+      busy: this.busy,
+      resyncPending: this.resyncPending,
+      stats: this.stats,
+      lastEpoch: this.lastEpoch,
+    };
+  }
+}
+
+/** Counters of one epoch, added to the stream's only when it commits. */
+class EpochCounters {
+  cacheHits = 0;
+  cacheMisses = 0;
+  overflows = 0;
+  zeroPages = 0;
+  rawPages = 0;
+  unchangedPages = 0;
+  busyNs = 0;
+
+  add(r: EncodeResult): void {
+    this.cacheHits += r.cacheHits;
+    this.cacheMisses += r.cacheMisses;
+    this.overflows += r.overflows;
+    this.zeroPages += r.zeroPages;
+    this.rawPages += r.rawPages;
+    this.unchangedPages += r.unchangedPages;
+    this.busyNs += r.busyNs;
+  }
+}
+
+function abortError(signal: AbortSignal): ServiceError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof ServiceError) return reason;
+  return new ServiceError('EPOCH_ABORTED', `epoch aborted: ${reason instanceof Error ? reason.message : String(reason)}`, 409);
+}
+
+function asServiceError(err: unknown, signal: AbortSignal): ServiceError {
+  if (signal.aborted) return abortError(signal);
+  if (err instanceof ServiceError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new ServiceError('EPOCH_FAILED', `epoch failed: ${message}; its pages were dropped from the cache`, 500);
+}
+
+function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+/** Capacity to allocate for `n`: the next power of two, so growth is rare. */
+function growTo(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(n, 64)));
+}

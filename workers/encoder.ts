@@ -1,0 +1,152 @@
+import { workerData } from 'piscina';
+import { CachePartition } from './cache-partition.js';
+import type { EncodeResult, EncodeTask, InvalidateTask, WorkerData, WorkerTask } from './protocol.js';
+import { encodeRemusDelta, encodeRemusFull, isZeroPage } from '../src/codec/remus.js';
+import { DIGEST_BYTES, DIGEST_GROUP_PAGES, hashDigestGroup } from '../src/digest.js';
+import { readPfn, KIND_RAW } from '../src/epoch-record.js';
+import { RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+
+/**
+ * The piscina worker. Each worker runs in a single-thread pool of its own and
+ * owns, for every stream, the cache partitions mapped to it; tasks for one
+ * partition therefore run one after the other, in submission order.
+ */
+const partitions = new Map<string, CachePartition>();
+const { allowFaults } = (workerData ?? { allowFaults: false }) as WorkerData;
+
+function partitionKey(stream: string, partition: number): string {
+  return `${stream}/${partition}`;
+}
+
+function partitionFor(task: EncodeTask): CachePartition {
+  const key = partitionKey(task.stream, task.partition);
+  let part = partitions.get(key);
+  if (part === undefined || part.slotCount !== task.slotCount || part.wordsPerPage !== task.pageSize / 4) {
+    part = new CachePartition(task.pageSize, task.slotCount);
+    partitions.set(key, part);
+  }
+  return part;
+}
+
+function encode(task: EncodeTask): EncodeResult {
+  const started = process.hrtime.bigint();
+  const part = partitionFor(task);
+  const input8 = new Uint8Array(task.input);
+  const input32 = new Uint32Array(task.input);
+  const work8 = new Uint8Array(task.work);
+  const indices = new Int32Array(task.indices, task.indexStart * 4, task.indexCount);
+  const records = new Int32Array(task.records);
+  const { pageSize, pfnOffset, kindOffset, pageOffset } = task;
+  const words = pageSize / 4;
+  const slab = part.slab;
+  const result: EncodeResult = {
+    end: 0, cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0,
+    unchangedPages: 0, overflows: 0, cachedPages: 0, busyNs: 0,
+  };
+
+  let pos = task.outStart;
+  for (let n = 0; n < indices.length; n++) {
+    const i = indices[n];
+    const pfn = readPfn(input8, pfnOffset + 8 * i);
+    const pageByte = pageOffset + i * pageSize;
+    const pageWord = pageByte >>> 2;
+    const recordStart = pos;
+    const typePos = pos++;
+    pos = writeUleb128(work8, pos, pfn);
+
+    if (input8[kindOffset + i] === KIND_RAW) {
+      // Raw pages (page tables) are sent as they are and leave the cache,
+      // exactly as the seed invalidates them.
+      part.remove(pfn);
+      work8[typePos] = RECORD_REMUS;
+      pos = encodeRemusFull(input8, pageByte, pageSize, work8, pos);
+      result.rawPages++;
+    } else if (isZeroPage(input32, pageWord, words)) {
+      // One byte on the wire whatever the cache holds; the cache learns the
+      // zeros so the page's next delta is taken against them.
+      work8[typePos] = RECORD_ZERO;
+      let slot = part.lookup(pfn);
+      if (slot < 0) slot = part.insert(pfn);
+      if (slot >= 0) slab.fill(0, slot * words, slot * words + words);
+      result.zeroPages++;
+    } else {
+      work8[typePos] = RECORD_REMUS;
+      let slot = part.lookup(pfn);
+      if (slot >= 0) {
+        const bodyStart = pos;
+        pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, work8, pos);
+        result.cacheHits++;
+        if (pos - bodyStart === 1) result.unchangedPages++;
+        else if (pos - bodyStart >= pageSize + 1) result.overflows++;
+      } else {
+        slot = part.insert(pfn);
+        if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
+        pos = encodeRemusFull(input8, pageByte, pageSize, work8, pos);
+        result.cacheMisses++;
+      }
+    }
+    if (pos > task.outLimit) {
+      // The main thread sizes every region for the worst case; reaching here
+      // is a bug, and failing the epoch is the only safe answer.
+      throw new Error(`encode region overflow: ${pos} > ${task.outLimit}`);
+    }
+    records[2 * i] = recordStart;
+    records[2 * i + 1] = pos - recordStart;
+  }
+
+  hashGroups(task, input8);
+  result.end = pos;
+  result.cachedPages = part.size;
+  result.busyNs = Number(process.hrtime.bigint() - started);
+  return result;
+}
+
+/** Copy a page into a cache slot word by word: no view objects, no allocation. */
+function copyWords(src: Uint32Array, srcWord: number, dst: Uint32Array, dstWord: number, words: number): void {
+  for (let w = 0; w < words; w++) dst[dstWord + w] = src[srcWord + w];
+}
+
+function hashGroups(task: EncodeTask, input8: Uint8Array): void {
+  if (task.groupFirst >= task.groupEnd) return;
+  const hashes = new Uint8Array(task.groupHashes);
+  for (let g = task.groupFirst; g < task.groupEnd; g += task.groupStep) {
+    const first = g * DIGEST_GROUP_PAGES;
+    const last = Math.min(first + DIGEST_GROUP_PAGES, task.pageCount);
+    hashDigestGroup(
+      input8.subarray(task.pfnOffset + 8 * first, task.pfnOffset + 8 * last),
+      input8.subarray(task.pageOffset + first * task.pageSize, task.pageOffset + last * task.pageSize),
+      hashes,
+      g * DIGEST_BYTES,
+    );
+  }
+}
+
+function invalidate(task: InvalidateTask): void {
+  const part = partitions.get(partitionKey(task.stream, task.partition));
+  if (part === undefined) return;
+  const input8 = new Uint8Array(task.input);
+  for (let i = 0; i < task.count; i++) part.remove(readPfn(input8, task.pfnOffset + 8 * i));
+}
+
+function drop(stream: string): void {
+  const prefix = `${stream}/`;
+  for (const key of [...partitions.keys()]) {
+    if (key.startsWith(prefix)) partitions.delete(key);
+  }
+}
+
+export default function run(task: WorkerTask): EncodeResult | null {
+  switch (task.op) {
+    case 'encode':
+      return encode(task);
+    case 'invalidate':
+      invalidate(task);
+      return null;
+    case 'drop':
+      drop(task.stream);
+      return null;
+    case 'crash':
+      if (!allowFaults) throw new Error('fault injection is disabled');
+      process.exit(70);
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * Messages between the main thread and the encoding workers. Page data never
+ * travels in a message: tasks name regions of SharedArrayBuffer slabs that
+ * both sides see.
+ */
+
+/** Encode one shard's pages of one batch, and hash the digest groups assigned to this task. */
+export interface EncodeTask {
+  op: 'encode';
+  stream: string;
+  partition: number;
+  pageSize: number;
+  /** Cache pages this partition may hold (fixed for the stream's life). */
+  slotCount: number;
+  /** The epoch record as received (TRACE.md layout). */
+  input: SharedArrayBuffer;
+  pfnOffset: number;
+  kindOffset: number;
+  pageOffset: number;
+  /** Int32 page indices of this shard's pages, in request order. */
+  indices: SharedArrayBuffer;
+  indexStart: number;
+  indexCount: number;
+  /** Records are written to work[outStart, outLimit). */
+  work: SharedArrayBuffer;
+  outStart: number;
+  outLimit: number;
+  /** Int32 pairs per page index: record offset in `work`, record length. */
+  records: SharedArrayBuffer;
+  /** 32-byte group hashes, indexed by group number. */
+  groupHashes: SharedArrayBuffer;
+  /** Hash groups groupFirst, groupFirst + groupStep, ... below groupEnd. */
+  groupFirst: number;
+  groupEnd: number;
+  groupStep: number;
+  /** Pages in the whole epoch (the last group may be short). */
+  pageCount: number;
+}
+
+/** Forget the given pfns (an aborted epoch's pages) so they go FULL next time. */
+export interface InvalidateTask {
+  op: 'invalidate';
+  stream: string;
+  partition: number;
+  input: SharedArrayBuffer;
+  pfnOffset: number;
+  count: number;
+}
+
+/** Free every partition of a stream held by this worker (stream deleted or reset). */
+export interface DropTask {
+  op: 'drop';
+  stream: string;
+}
+
+/** Fault injection for tests: the worker exits at once. Honoured only when the pool allows faults. */
+export interface CrashTask {
+  op: 'crash';
+}
+
+export type WorkerTask = EncodeTask | InvalidateTask | DropTask | CrashTask;
+
+/** Counters of one encode task; QEMU's XBZRLE counters plus ours. */
+export interface EncodeResult {
+  /** End of the bytes written in `work`. */
+  end: number;
+  cacheHits: number;
+  cacheMisses: number;
+  zeroPages: number;
+  rawPages: number;
+  /** Hits whose page had not changed (one-byte EMPTY record). */
+  unchangedPages: number;
+  /** Hits whose delta was not smaller than a FULL record. */
+  overflows: number;
+  /** Pages held by this partition after the task. */
+  cachedPages: number;
+  /** Time spent in the task, in nanoseconds. */
+  busyNs: number;
+}
+
+export interface WorkerData {
+  allowFaults: boolean;
+}
