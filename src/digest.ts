@@ -10,12 +10,13 @@ import { writePfn } from './epoch-record.js';
  *   group g   = records [64g, 64g + 64) of the epoch, in record order
  *   groupHash = SHA-256( pfn of each record as u64 LE || page contents after
  *               the epoch of each record )
- *   digest    = SHA-256( groupHash_0 || groupHash_1 || ... )
- *
- * An epoch with no pages has the digest SHA-256 of nothing.
+ *   digest    = SHA-256( epoch as u32 LE || 1 if RESYNC else 0 (one byte)
+ *               || groupHash_0 || groupHash_1 || ... )
  */
 export const DIGEST_GROUP_PAGES = 64;
 export const DIGEST_BYTES = 32;
+/** u32 epoch and one byte for the RESYNC bit. */
+const DIGEST_PREFIX_BYTES = 5;
 
 /** Number of digest groups for an epoch of `pageCount` records. */
 export function digestGroupCount(pageCount: number): number {
@@ -34,9 +35,18 @@ export function hashDigestGroup(pfns: Uint8Array, pages: Uint8Array, out: Uint8A
   out.set(hash.digest(), outOffset);
 }
 
-/** Fold the group hashes (`groupCount` x 32 bytes, in order) into the epoch digest. */
-export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number): Buffer {
+/**
+ * Fold the group hashes (`groupCount` x 32 bytes, in order) into the epoch
+ * digest. The epoch number and the RESYNC bit are hashed first: they decide
+ * what a commit does to the image (a RESYNC epoch replaces it), so a frame
+ * whose flags were altered and resealed cannot commit.
+ */
+export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number, epoch: number, resync: boolean): Buffer {
+  const prefix = new Uint8Array(DIGEST_PREFIX_BYTES);
+  new DataView(prefix.buffer).setUint32(0, epoch, true);
+  prefix[4] = resync ? 1 : 0;
   const hash = createHash('sha256');
+  hash.update(prefix);
   hash.update(groupHashes.subarray(0, groupCount * DIGEST_BYTES));
   return hash.digest();
 }

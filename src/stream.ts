@@ -218,7 +218,7 @@ export class Stream implements InputSlabProvider {
     running: { epoch: number | null },
   ): Promise<EpochSummary> {
     const started = process.hrtime.bigint();
-    const { pageSize, partitions } = this.config;
+    const { pageSize } = this.config;
     const reader = new EpochBodyReader(
       { pageSize, pfnLimit: this.config.pfnLimit, maxEpochBytes: this.config.maxEpochBytes, expectedEpoch: this.nextEpochNumber, declaredLength },
       this,
@@ -238,7 +238,7 @@ export class Stream implements InputSlabProvider {
       // The cache is about to move past the previous epoch: from here on it
       // can no longer be aborted (the controller has moved on).
       this.lastCompleted = null;
-      const { count, layout } = meta;
+      const { count } = meta;
       this.ensureEpochSlabs(count);
       const pass = new EpochCounters();
       assembler = new FrameAssembler(this.work8, this.frameSlabStarts, this.config.frameBytes, sink, {
@@ -256,7 +256,7 @@ export class Stream implements InputSlabProvider {
       }
       while (inFlight.length > 0) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass);
       await reader.finished();
-      const digest = foldEpochDigest(new Uint8Array(this.groupHashes), digestGroupCount(count));
+      const digest = foldEpochDigest(new Uint8Array(this.groupHashes), digestGroupCount(count), meta.epoch, resync);
       const encodeWallNs = Number(process.hrtime.bigint() - encodeStarted);
       await assembler.finish(count, digest);
       if (signal.aborted) throw abortError(signal);
