@@ -350,7 +350,11 @@ export class Stream implements InputSlabProvider {
         return r;
       }));
     }
-    return Promise.all(tasks);
+    const all = Promise.all(tasks);
+    // The batch is awaited only when its turn to merge comes; a failure
+    // before then must not count as an unhandled rejection.
+    all.catch(() => undefined);
+    return all;
   }
 
   /** Wait for a batch's tasks, then copy its records into frames in request order. */

@@ -6,7 +6,7 @@ import type { EncodeResult, WorkerData, WorkerTask } from '../workers/protocol.j
 export interface WorkerPoolOptions {
   /** Worker threads, each owning the cache partitions mapped to it. */
   workers: number;
-  /** Let tests make a worker exit (the 'crash' task). */
+  /** Let tests make a worker exit in the middle of a task (see armCrash). */
   allowFaults?: boolean;
 }
 
@@ -26,6 +26,8 @@ export interface WorkerPoolOptions {
 export class WorkerPool {
   readonly size: number;
   private readonly pools: Piscina[];
+  private readonly allowFaults: boolean;
+  private readonly crashes: ({ afterPages: number; skipTasks: number } | undefined)[];
   /** Tasks that failed (a worker died under them, or they threw) and idle workers that died. */
   failures = 0;
 
@@ -34,6 +36,8 @@ export class WorkerPool {
       throw new Error(`encoder worker not built: ${ENCODER_WORKER_FILE} is missing (run npm run build)`);
     }
     this.size = options.workers;
+    this.allowFaults = options.allowFaults ?? false;
+    this.crashes = new Array(options.workers).fill(undefined);
     const workerData: WorkerData = { allowFaults: options.allowFaults ?? false };
     this.pools = [];
     for (let i = 0; i < options.workers; i++) {
@@ -55,10 +59,27 @@ export class WorkerPool {
   }
 
   run(worker: number, task: WorkerTask): Promise<EncodeResult | null> {
+    const crash = this.crashes[worker];
+    if (crash !== undefined && task.op === 'encode') {
+      if (crash.skipTasks > 0) crash.skipTasks--;
+      else {
+        task.crashAfterPages = crash.afterPages;
+        this.crashes[worker] = undefined;
+      }
+    }
     return this.pools[worker].run(task).catch((err: unknown) => {
       this.failures++;
       throw err;
     });
+  }
+
+  /**
+   * Fault injection (tests only): worker `worker` exits after encoding
+   * `afterPages` pages of its encode task number `skipTasks + 1` from now.
+   */
+  armCrash(worker: number, afterPages: number, skipTasks = 0): void {
+    if (!this.allowFaults) throw new Error('fault injection is disabled for this pool');
+    this.crashes[worker] = { afterPages, skipTasks };
   }
 
   /** Queue depth per worker: tasks waiting behind the running one. */

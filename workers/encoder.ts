@@ -13,6 +13,8 @@ import { RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
  */
 const partitions = new Map<string, CachePartition>();
 const { allowFaults } = (workerData ?? { allowFaults: false }) as WorkerData;
+/** Exit status of a worker killed by fault injection (EX_SOFTWARE). */
+const EXIT_INJECTED_FAULT = 70;
 
 function partitionKey(stream: string, partition: number): string {
   return `${stream}/${partition}`;
@@ -45,7 +47,11 @@ function encode(task: EncodeTask): EncodeResult {
   };
 
   let pos = task.outStart;
+  const crashAt = allowFaults ? (task.crashAfterPages ?? -1) : -1;
   for (let n = 0; n < indices.length; n++) {
+    // A death half way through a task, after some cache slots moved: the
+    // case the stream's invalidation exists for.
+    if (n === crashAt) process.exit(EXIT_INJECTED_FAULT);
     const i = indices[n];
     const pfn = readPfn(input8, pfnOffset + 8 * i);
     const pageByte = pageOffset + i * pageSize;
@@ -145,8 +151,5 @@ export default function run(task: WorkerTask): EncodeResult | null {
     case 'drop':
       drop(task.stream);
       return null;
-    case 'crash':
-      if (!allowFaults) throw new Error('fault injection is disabled');
-      process.exit(70);
   }
 }

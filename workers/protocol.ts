@@ -35,6 +35,8 @@ export interface EncodeTask {
   groupStep: number;
   /** Pages in the whole epoch (the last group may be short). */
   pageCount: number;
+  /** Fault injection for tests: the worker exits after encoding this many pages. Honoured only when the pool allows faults. */
+  crashAfterPages?: number;
 }
 
 /** Forget the given pfns (an aborted epoch's pages) so they go FULL next time. */
@@ -53,12 +55,7 @@ export interface DropTask {
   stream: string;
 }
 
-/** Fault injection for tests: the worker exits at once. Honoured only when the pool allows faults. */
-export interface CrashTask {
-  op: 'crash';
-}
-
-export type WorkerTask = EncodeTask | InvalidateTask | DropTask | CrashTask;
+export type WorkerTask = EncodeTask | InvalidateTask | DropTask;
 
 /** Counters of one encode task; QEMU's XBZRLE counters plus ours. */
 export interface EncodeResult {

@@ -6,7 +6,10 @@ import type { StreamConfig } from '../stream.js';
 import { ServiceError } from '../errors.js';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
 
-export type StreamRoutesOptions = SenderOptions;
+export interface StreamRoutesOptions extends SenderOptions {
+  /** Serve this sender rather than a new one; its owner closes it. */
+  sender?: Sender;
+}
 
 const errorSchema = {
   type: 'object',
@@ -74,8 +77,8 @@ const idParams = {
  * buffered whole by fastify.
  */
 export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app, options) => {
-  const sender = new Sender(options);
-  app.addHook('onClose', async () => sender.close());
+  const sender = options.sender ?? new Sender(options);
+  if (options.sender === undefined) app.addHook('onClose', async () => sender.close());
 
   // Hand the raw request through: the stream reads it into its slab with
   // every length checked, as the pages arrive.
