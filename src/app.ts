@@ -17,7 +17,24 @@ export interface AppOptions {
  * its own options, so one process can be a sender, a receiver or both.
  */
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
-  const app = Fastify({ logger: options.logger ?? false, bodyLimit: 1024 * 1024 });
+  const app = Fastify({
+    logger: options.logger ?? false,
+    // JSON bodies are small (configuration); binary bodies bypass this limit
+    // through their own parsers, which enforce their own.
+    bodyLimit: 1024 * 1024,
+    // An unknown field is a client error to report, not something to drop
+    // silently (ajv's default in fastify removes it).
+    ajv: { customOptions: { removeAdditional: false } },
+    schemaErrorFormatter: (errors, dataVar) =>
+      new Error(
+        errors
+          .map((e) => {
+            const extra = (e.params as { additionalProperty?: string }).additionalProperty;
+            return `${dataVar}${e.instancePath} ${e.message ?? 'is invalid'}${extra === undefined ? '' : ` ('${extra}')`}`;
+          })
+          .join('; '),
+      ),
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: 'remus-compress', version: '1', description: 'Parallel Remus checkpoint compression: sender and receiver' },
