@@ -1,8 +1,7 @@
 #!/usr/bin/env node
-import { realpathSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { buildApp } from './app.js';
+import { isMain } from './is-main.js';
 import { runReceive } from './receive-cli.js';
 import { formatReplay, replay } from './replay.js';
 import { DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS } from './sender.js';
@@ -120,7 +119,8 @@ async function serve(argv: string[]): Promise<number> {
     receiver: values['with-receiver'] ? {} : undefined,
   });
   const address = await app.listen({ host, port });
-  app.log.info(`remus-compress sender listening on ${address}${isLoopback(host) ? ' (loopback only)' : ''}`);
+  // Printed whatever the log level: operators and scripts need the address.
+  console.error(`remus-compress sender listening on ${address}${isLoopback(host) ? ' (loopback only)' : ''}`);
   const stop = (): void => {
     void app.close().then(() => process.exit(0));
   };
@@ -193,6 +193,6 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 // Run only as a program, so tests can import the helpers above.
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+if (isMain(import.meta.url)) {
   process.exitCode = await main(process.argv.slice(2));
 }
