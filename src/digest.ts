@@ -1,18 +1,24 @@
-import { createHash } from 'node:crypto';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { writePfn } from './epoch-record.js';
 
 /**
  * The end-of-epoch digest proves that the receiver holds exactly the pages
- * the sender was given. It is a two-level SHA-256 so that groups can be
+ * the sender was given. It is a two-level BLAKE3 hash so that groups can be
  * hashed in parallel by the encoding workers while the result stays
  * independent of how pages were sharded:
  *
  *   group g   = records [64g, 64g + 64) of the epoch, in record order
- *   groupHash = SHA-256( pfn of each record as u64 LE || page contents after
+ *   groupHash = BLAKE3( pfn of each record as u64 LE || page contents after
  *               the epoch of each record )
- *   digest    = SHA-256( epoch as u32 LE || 1 if RESYNC else 0 (one byte)
+ *   digest    = BLAKE3( epoch as u32 LE || 1 if RESYNC else 0 (one byte)
  *               || groupHash_0 || groupHash_1 || ... )
+ *
+ * BLAKE3 rather than SHA-256: the digest hashes every dirty byte, and on this
+ * machine Node's SHA-256 runs at 1.2 GB/s a core against 6.7 GB/s for BLAKE3
+ * (native, @napi-rs/blake-hash), which would have made hashing, not
+ * compression, the service's bottleneck. Both are 256-bit cryptographic hashes.
  */
+export const DIGEST_ALGORITHM = 'blake3';
 export const DIGEST_GROUP_PAGES = 64;
 export const DIGEST_BYTES = 32;
 /** u32 epoch and one byte for the RESYNC bit. */
@@ -29,10 +35,10 @@ export function digestGroupCount(pageCount: number): number {
  * The 32-byte result is written to `out` at `outOffset`.
  */
 export function hashDigestGroup(pfns: Uint8Array, pages: Uint8Array, out: Uint8Array, outOffset: number): void {
-  const hash = createHash('sha256');
+  const hash = new Blake3Hasher();
   hash.update(pfns);
   hash.update(pages);
-  out.set(hash.digest(), outOffset);
+  out.set(hash.digestBuffer(), outOffset);
 }
 
 /**
@@ -45,19 +51,19 @@ export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number, epo
   const prefix = new Uint8Array(DIGEST_PREFIX_BYTES);
   new DataView(prefix.buffer).setUint32(0, epoch, true);
   prefix[4] = resync ? 1 : 0;
-  const hash = createHash('sha256');
+  const hash = new Blake3Hasher();
   hash.update(prefix);
   hash.update(groupHashes.subarray(0, groupCount * DIGEST_BYTES));
-  return hash.digest();
+  return hash.digestBuffer();
 }
 
 /**
- * The image digest: SHA-256 over every page of an image in ascending pfn
+ * The image digest: BLAKE3 over every page of an image in ascending pfn
  * order, each as its pfn (u64 LE) followed by its contents. Two images with
  * the same digest hold the same pages.
  */
 export function hashImage(pfnsAscending: readonly number[], pageSize: number, readPage: (pfn: number, dst: Uint8Array) => void): Buffer {
-  const hash = createHash('sha256');
+  const hash = new Blake3Hasher();
   const pfnBytes = new Uint8Array(8);
   const page = new Uint8Array(pageSize);
   for (const pfn of pfnsAscending) {
@@ -66,5 +72,5 @@ export function hashImage(pfnsAscending: readonly number[], pageSize: number, re
     hash.update(pfnBytes);
     hash.update(page);
   }
-  return hash.digest();
+  return hash.digestBuffer();
 }

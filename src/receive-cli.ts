@@ -179,7 +179,7 @@ async function receiveFiles(
 function summaryLine(imagePath: string, receiver: Receiver, frames: number, epochs: number): string {
   return (
     `${imagePath}: committed epoch ${receiver.committedEpoch ?? 'none'}, ${receiver.pageCount} pages, ` +
-    `sha256 ${receiver.imageDigest().toString('hex')}; ${frames} frames applied, ${epochs} epochs committed\n`
+    `blake3 ${receiver.imageDigest().toString('hex')}; ${frames} frames applied, ${epochs} epochs committed\n`
   );
 }
 

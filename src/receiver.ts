@@ -4,10 +4,9 @@
  * it is staged; an epoch reaches the image only when its LAST frame's count
  * and digest match what was staged.
  */
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
-import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup } from './digest.js';
+import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from './digest.js';
 import { readPfn, writePfn } from './epoch-record.js';
 import { CodecError, FrameError, ServiceError } from './errors.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
@@ -565,18 +564,9 @@ export class Receiver {
     return this.image.read(pfn, dst, 0);
   }
 
-  /** SHA-256 over the committed image's pages in ascending pfn order: pfn as u64 LE, then the page (docs/FORMAT.md "Image digest"). */
+  /** The committed image's digest (docs/FORMAT.md "Image digest"). */
   imageDigest(): Buffer {
-    const hash = createHash('sha256');
-    const pfnBytes = new Uint8Array(PFN_BYTES);
-    const page = new Uint8Array(this.pageSize);
-    for (const pfn of this.image.pfns()) {
-      writePfn(pfnBytes, 0, pfn);
-      this.image.read(pfn, page, 0);
-      hash.update(pfnBytes);
-      hash.update(page);
-    }
-    return hash.digest();
+    return hashImage(this.image.pfns(), this.pageSize, (pfn, dst) => this.image.read(pfn, dst, 0));
   }
 
   close(): void {

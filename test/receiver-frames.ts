@@ -3,9 +3,8 @@
  * writeFrameHeader/sealFrame + digest groups), independent of the worker
  * pipeline, so receiver tests do not depend on the sender being right.
  */
-import { createHash } from 'node:crypto';
 import { encodeRemusDelta, encodeRemusFull, remusMaxEncodedBytes } from '../src/codec/remus.js';
-import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup } from '../src/digest.js';
+import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from '../src/digest.js';
 import { writePfn } from '../src/epoch-record.js';
 import { sealFrame, writeFrameHeader } from '../src/frames.js';
 import { CODEC_REMUS, FLAG_LAST, FLAG_RESYNC, FRAME_HEADER_BYTES, RECORD_REMUS, RECORD_ZERO, pageShiftOf, uleb128Length, writeUleb128 } from '../src/wire.js';
@@ -168,14 +167,8 @@ export class SenderModel {
 
   /** docs/FORMAT.md "Image digest" of the modelled image. */
   imageDigest(): Buffer {
-    const hash = createHash('sha256');
-    const pfn = new Uint8Array(8);
-    for (const p of [...this.pages.keys()].sort((a, b) => a - b)) {
-      writePfn(pfn, 0, p);
-      hash.update(pfn);
-      hash.update(this.pages.get(p)!);
-    }
-    return hash.digest();
+    const pfns = [...this.pages.keys()].sort((a, b) => a - b);
+    return hashImage(pfns, this.pageSize, (pfn, dst) => dst.set(this.pages.get(pfn) as Uint8Array));
   }
 }
 

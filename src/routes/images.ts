@@ -235,7 +235,7 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
     '/v1/images/:id/digest',
     {
       schema: {
-        summary: 'SHA-256 of the committed image (docs/FORMAT.md "Image digest")',
+        summary: 'BLAKE3 digest of the committed image (docs/FORMAT.md "Image digest")',
         params: idParams,
         response: {
           200: {
