@@ -1,6 +1,8 @@
 import { ServiceError } from './errors.js';
 import { EPOCH_HEADER_BYTES, epochLayout, parseEpochHeader, validateEpochMetadata, type EpochLayout } from './epoch-record.js';
 
+const STOPPED = Symbol('stopped');
+
 /** Where the body goes: the stream's input slab, grown on demand. */
 export interface InputSlabProvider {
   /** A slab of at least `bytes` bytes (its first bytes may be overwritten). */
@@ -41,8 +43,14 @@ export class EpochBodyReader {
   private failure: Error | null = null;
   private done = false;
   private wake: (() => void) | null = null;
+  /** Resolves when the reader is aborted, so that the pump stops waiting for the source. */
+  private readonly stopped: Promise<typeof STOPPED>;
+  private stop: () => void = () => undefined;
 
   constructor(limits: EpochBodyLimits, slabs: InputSlabProvider) {
+    this.stopped = new Promise((resolve) => {
+      this.stop = () => resolve(STOPPED);
+    });
     this.limits = limits;
     this.slabs = slabs;
     if (limits.declaredLength !== null && limits.declaredLength > limits.maxEpochBytes) {
@@ -50,17 +58,31 @@ export class EpochBodyReader {
     }
   }
 
-  /** Consume `source` to its end; failures are kept and reported to waiters. */
+  /**
+   * Consume `source` to its end; failures are kept and reported to waiters.
+   * After `abort()` it stops at once, without waiting for a chunk that a
+   * stalled client may never send.
+   */
   async pump(source: AsyncIterable<Uint8Array>): Promise<void> {
+    const iterator = source[Symbol.asyncIterator]();
+    let finished = false;
     try {
-      for await (const chunk of source) this.accept(chunk);
+      for (;;) {
+        const next = await Promise.race([iterator.next(), this.stopped]);
+        if (next === STOPPED) throw this.failure as Error;
+        if (next.done === true) break;
+        this.accept(next.value);
+      }
+      finished = true;
       if (this.meta === null || this.received < this.meta.layout.totalBytes) {
         const expected = this.meta === null ? EPOCH_HEADER_BYTES : this.meta.layout.totalBytes;
         throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes; the epoch record needs ${expected}`);
       }
     } catch (err) {
-      this.failure = err instanceof Error ? err : new Error(String(err));
+      if (this.failure === null) this.failure = err instanceof Error ? err : new Error(String(err));
     } finally {
+      // Let go of the source without waiting: a read may still be pending.
+      if (!finished) iterator.return?.()?.catch(() => undefined);
       this.done = true;
       this.notify();
     }
@@ -74,6 +96,17 @@ export class EpochBodyReader {
       if (this.done) throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes, inside the epoch header or pfn list`);
       await this.nextEvent();
     }
+  }
+
+  /** Whether the first `pages` pages are in the slab already. */
+  hasPages(pages: number): boolean {
+    const meta = this.meta as EpochMetadata;
+    return this.received >= meta.layout.pageOffset + pages * this.limits.pageSize;
+  }
+
+  /** Throws the body's failure (or the abort reason) if there is one. */
+  check(): void {
+    if (this.failure) throw this.failure;
   }
 
   /** Resolves once the first `pages` pages are in the slab. */
@@ -96,6 +129,7 @@ export class EpochBodyReader {
   /** Stop: waiters are woken with `reason`, and the rest of the body is ignored. */
   abort(reason: Error): void {
     if (this.failure === null) this.failure = reason;
+    this.stop();
     this.notify();
   }
 

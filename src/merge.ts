@@ -43,7 +43,10 @@ export class FrameAssembler {
   private pos = 0;
   private records = 0;
   private sequence = 0;
+  /** A write failed: the client is gone. */
   private failure: Error | null = null;
+  /** abort() was called: stop waiting for the sink, but frames already handed to it are still its to release. */
+  private stopReason: Error | null = null;
   private wake: (() => void) | null = null;
   private begun = false;
   framesWritten = 0;
@@ -104,6 +107,17 @@ export class FrameAssembler {
     this.checkFailure();
   }
 
+  /**
+   * Wait until the sink has released every frame, even after `abort()`, so
+   * that the slabs may be reused and an ABORT frame may follow. Returns false
+   * when a write failed (the client is gone, nobody to tell). The sink must
+   * release every frame, at the latest when its connection closes.
+   */
+  async settle(): Promise<boolean> {
+    while (this.failure === null && this.busy.some((b) => b)) await this.nextRelease();
+    return this.failure === null;
+  }
+
   /** Start a new frame in a free slab, waiting for the sink to release one. */
   async openFrame(): Promise<void> {
     for (;;) {
@@ -156,14 +170,14 @@ export class FrameAssembler {
 
   /** Stop waiting for the sink: the epoch is being abandoned. */
   abort(reason: Error): void {
-    if (!this.failure) this.failure = reason;
+    if (!this.stopReason) this.stopReason = reason;
     const wake = this.wake;
     this.wake = null;
     wake?.();
   }
 
   private checkFailure(): void {
-    const failure = this.failure;
+    const failure = this.failure ?? this.stopReason;
     if (failure === null) return;
     if (failure instanceof ServiceError) throw failure;
     throw new ServiceError('RESPONSE_WRITE_FAILED', `writing frames to the client failed: ${failure.message}`, 499);

@@ -230,14 +230,13 @@ export class Stream implements InputSlabProvider {
     const inFlight: Batch[] = [];
     let meta: EpochMetadata | null = null;
     let assembler: FrameAssembler | null = null;
+    /** Whether a page went to a worker: until then the cache has not moved and a failure changes nothing. */
+    let dispatched = false;
     const onAbort = (): void => assembler?.abort(abortError(signal));
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       meta = await reader.metadata();
       running.epoch = meta.epoch;
-      // The cache is about to move past the previous epoch: from here on it
-      // can no longer be aborted (the controller has moved on).
-      this.lastCompleted = null;
       const { count } = meta;
       this.ensureEpochSlabs(count);
       const pass = new EpochCounters();
@@ -249,12 +248,23 @@ export class Stream implements InputSlabProvider {
       const encodeStarted = process.hrtime.bigint();
       for (let first = 0, ring = 0; first < count; first += this.batchPages, ring = (ring + 1) % BATCH_RING) {
         const end = Math.min(first + this.batchPages, count);
+        // Merge the oldest batch when its ring slot is needed, and also
+        // while the next batch's pages are still on the wire: frames leave
+        // as soon as their pages are encoded, not when the body has ended.
+        while (inFlight.length === BATCH_RING || (inFlight.length > 0 && !reader.hasPages(end))) {
+          await this.mergeBatch(inFlight.shift() as Batch, assembler, pass, reader);
+        }
         await reader.waitForPages(end);
-        if (inFlight.length === BATCH_RING) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass);
+        if (!dispatched) {
+          // The cache is about to move past the previous epoch: from here on
+          // it can no longer be aborted (the controller has moved on).
+          this.lastCompleted = null;
+          dispatched = true;
+        }
         inFlight.push({ first, end, tasks: this.dispatch(meta, first, end, ring) });
         if (signal.aborted) throw abortError(signal);
       }
-      while (inFlight.length > 0) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass);
+      while (inFlight.length > 0) await this.mergeBatch(inFlight.shift() as Batch, assembler, pass, reader);
       await reader.finished();
       const digest = foldEpochDigest(new Uint8Array(this.groupHashes), digestGroupCount(count), meta.epoch, resync);
       const encodeWallNs = Number(process.hrtime.bigint() - encodeStarted);
@@ -282,8 +292,11 @@ export class Stream implements InputSlabProvider {
       // again: a task still running could re-insert a page after its
       // invalidation otherwise.
       await Promise.allSettled(inFlight.map((b) => b.tasks));
-      if (meta !== null) {
-        if (meta.count > 0) await this.invalidate(this.input, meta.layout.pfnOffset, meta.count);
+      // An epoch that failed before any page reached a worker (a bad or
+      // short body, an abort while waiting for it) left the stream as it
+      // was; one that got further is aborted and its pages leave the cache.
+      if (meta !== null && dispatched) {
+        await this.invalidate(this.input, meta.layout.pfnOffset, meta.count);
         this.stats.epochsAborted++;
       }
       if (assembler !== null && assembler.started && meta !== null) {
@@ -357,9 +370,15 @@ export class Stream implements InputSlabProvider {
     return all;
   }
 
-  /** Wait for a batch's tasks, then copy its records into frames in request order. */
-  private async mergeBatch(batch: Batch, assembler: FrameAssembler, pass: EpochCounters): Promise<void> {
-    for (const result of await batch.tasks) if (result !== null) pass.add(result);
+  /**
+   * Wait for a batch's tasks, then copy its records into frames in request
+   * order; not when the epoch has failed meanwhile (no frame of an epoch
+   * already known to be lost).
+   */
+  private async mergeBatch(batch: Batch, assembler: FrameAssembler, pass: EpochCounters, reader: EpochBodyReader): Promise<void> {
+    const results = await batch.tasks;
+    reader.check();
+    for (const result of results) if (result !== null) pass.add(result);
     const records = this.records32;
     for (let i = batch.first; i < batch.end; i++) {
       const offset = records[2 * i];
@@ -418,11 +437,10 @@ export class Stream implements InputSlabProvider {
   }
 
   private async sendAbortFrame(assembler: FrameAssembler, sink: FrameSink, epoch: number, resync: boolean, failure: ServiceError): Promise<void> {
-    try {
-      await assembler.drain();
-    } catch {
-      return; // the client is gone: nobody to tell
-    }
+    // Wait for the frames already out, whatever stopped the epoch (an abort
+    // request included): the ABORT frame goes after them, and the slabs are
+    // reused only once they are released.
+    if (!(await assembler.settle())) return; // the client is gone: nobody to tell
     const frame = encodeAbortFrame(epoch, assembler.framesWritten, this.pageShift, resync ? FLAG_RESYNC : 0, failure.code, failure.message);
     await new Promise<void>((resolve) => sink.write(frame, () => resolve()));
   }

@@ -173,7 +173,19 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       schema: {
         summary: 'Submit an epoch (an RMTR epoch record, application/octet-stream); the response streams its frames (application/x-remus-frames)',
         params: idParams,
-        response: { 400: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 500: errorSchema },
+        response: { 400: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 415: errorSchema, 500: errorSchema },
+      },
+      // Before any body parser runs: fastify's own parsers would otherwise
+      // hand the handler a string or a JSON value (or refuse "invalid JSON").
+      onRequest: async (request) => {
+        const type = request.headers['content-type']?.split(';', 1)[0].trim().toLowerCase();
+        if (type !== EPOCH_CONTENT_TYPE) {
+          throw new ServiceError(
+            'EPOCH_BAD_CONTENT_TYPE',
+            `an epoch is sent as ${EPOCH_CONTENT_TYPE} (one RMTR epoch record), not ${type === undefined || type === '' ? 'without a content type' : type}`,
+            415,
+          );
+        }
       },
     },
     async (request, reply) => {
@@ -206,8 +218,17 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
   );
 };
 
-/** The HTTP response as a frame sink: headers go with the first frame; a frame's slab is released when its write completes. */
+/**
+ * The HTTP response as a frame sink: headers go with the first frame; a
+ * frame's slab is released when its write completes, or when the connection
+ * closes (a write into a socket that is already gone never calls back, and
+ * after 'close' nothing reads the slab any more).
+ */
 function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
+  const pending = new Set<(err: Error | null) => void>();
+  reply.raw.once('close', () => {
+    for (const release of [...pending]) release(new Error('connection closed'));
+  });
   return {
     begin() {
       reply.hijack();
@@ -218,7 +239,12 @@ function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
         release(new Error('connection closed'));
         return;
       }
-      reply.raw.write(frame, (err) => release(err ?? null));
+      const once = (err: Error | null): void => {
+        if (!pending.delete(once)) return;
+        release(err);
+      };
+      pending.add(once);
+      reply.raw.write(frame, (err) => once(err ?? null));
     },
   };
 }
