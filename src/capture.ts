@@ -670,7 +670,7 @@ export async function captureToService(options: ServiceCaptureOptions): Promise<
       }
       const digest = await receiver.digest(image.id);
       const expected = hashImage(capturer.imagePfns(), capturer.pageSize, (pfn, dst) => capturer.readPage(pfn, dst));
-      const digestEqual = digest.sha256 === expected.toString('hex') && digest.pages === capturer.imagePages;
+      const digestEqual = digest.digest === expected.toString('hex') && digest.pages === capturer.imagePages;
       return {
         streamId: stream.id,
         imageId: image.id,

@@ -56,6 +56,15 @@ export interface ImageInfo {
   pages: number;
 }
 
+/** The receiver's proof of what it holds (docs/FORMAT.md "Image digest"). */
+export interface ImageDigest {
+  committedEpoch: number | null;
+  pages: number;
+  algorithm: string;
+  /** Hex. */
+  digest: string;
+}
+
 export interface FramesResult {
   committedEpoch: number | null;
   stagingEpoch: number | null;
@@ -164,7 +173,7 @@ export class ReceiverClient {
     return json(fetch(`${this.baseUrl}/v1/images/${id}/frames`, init));
   }
 
-  digest(id: string): Promise<{ committedEpoch: number | null; pages: number; sha256: string }> {
+  digest(id: string): Promise<ImageDigest> {
     return json(fetch(`${this.baseUrl}/v1/images/${id}/digest`));
   }
 

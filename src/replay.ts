@@ -98,7 +98,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const { compared, mismatches } = await compareImages(oracle, receiver, image.id);
     const digest = await receiver.digest(image.id);
     const expected = hashImage(oracle.pfns(), reader.pageSize, (pfn, dst) => dst.set(oracle.get(pfn) as Uint8Array));
-    const digestEqual = digest.sha256 === expected.toString('hex') && digest.pages === oracle.size;
+    const digestEqual = digest.digest === expected.toString('hex') && digest.pages === oracle.size;
     const config = (await sender.getStream(stream.id)).config as StreamInfoConfig;
     return {
       trace: options.tracePath,

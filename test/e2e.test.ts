@@ -82,7 +82,7 @@ async function expectImageEqualsTrace(imageId: string): Promise<void> {
   }
   const digest = await receiver.digest(imageId);
   expect(digest.pages).toBe(pfns.length);
-  expect(digest.sha256).toBe(hashImage(pfns, trace.pageSize, (pfn, dst) => dst.set(oracle.get(pfn) as Uint8Array)).toString('hex'));
+  expect(digest.digest).toBe(hashImage(pfns, trace.pageSize, (pfn, dst) => dst.set(oracle.get(pfn) as Uint8Array)).toString('hex'));
 }
 
 describe('end to end over HTTP', () => {

@@ -43,7 +43,7 @@ async function expectExactImage(imageId: string): Promise<void> {
   const expected = hashImage(oracle.pfns(), PAGE_SIZE, (pfn, dst) => dst.set(oracle.get(pfn) as Uint8Array));
   const digest = await receiverClient.digest(imageId);
   expect(digest.pages).toBe(oracle.size);
-  expect(digest.sha256).toBe(expected.toString('hex'));
+  expect(digest.digest).toBe(expected.toString('hex'));
 }
 
 /** Run the trace; before epoch `faultEpoch`, arm a crash of worker 0; returns how that epoch failed. */

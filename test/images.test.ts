@@ -77,10 +77,10 @@ describe('image routes over HTTP', () => {
     });
   }
 
-  async function digest(id: string): Promise<{ committedEpoch: number | null; pages: number; sha256: string }> {
+  async function digest(id: string): Promise<{ committedEpoch: number | null; pages: number; algorithm: string; digest: string }> {
     const res = await fetch(`${base}/v1/images/${id}/digest`);
     expect(res.status).toBe(200);
-    return (await res.json()) as { committedEpoch: number | null; pages: number; sha256: string };
+    return (await res.json()) as { committedEpoch: number | null; pages: number; algorithm: string; digest: string };
   }
 
   async function expectError(res: Response, status: number, code: string): Promise<{ message: string }> {
@@ -106,7 +106,7 @@ describe('image routes over HTTP', () => {
       aborted: false,
     });
 
-    expect(await digest(image.id)).toEqual({ committedEpoch: 3, pages: final.pages.size, sha256: final.imageDigest().toString('hex') });
+    expect(await digest(image.id)).toEqual({ committedEpoch: 3, pages: final.pages.size, algorithm: 'blake3', digest: final.imageDigest().toString('hex') });
     for (const [pfn, page] of final.pages) {
       const got = await fetch(`${base}/v1/images/${image.id}/pages/${pfn}`);
       expect(got.status).toBe(200);
@@ -128,7 +128,7 @@ describe('image routes over HTTP', () => {
     const second = await post(image.id, trickle(concat(frames.slice(cut)), 1000));
     expect(second.status).toBe(200);
     expect(await second.json()).toMatchObject({ committedEpoch: 3, stagingEpoch: null, framesApplied: frames.length - cut, epochsCommitted: 3 });
-    expect((await digest(image.id)).sha256).toBe(final.imageDigest().toString('hex'));
+    expect((await digest(image.id)).digest).toBe(final.imageDigest().toString('hex'));
   });
 
   it('takes a body larger than the service body limit: frames are applied as they arrive', async () => {
@@ -141,7 +141,7 @@ describe('image routes over HTTP', () => {
     const image = await create();
     const res = await post(image.id, trickle(body, 64 * 1024));
     expect(await res.json()).toMatchObject({ committedEpoch: 0, framesApplied: 8, epochsCommitted: 1 });
-    expect((await digest(image.id)).sha256).toBe(model.imageDigest().toString('hex'));
+    expect((await digest(image.id)).digest).toBe(model.imageDigest().toString('hex'));
   });
 
   it('refuses a bad frame with its code, saying how many frames of the body were applied', async () => {
@@ -192,7 +192,7 @@ describe('image routes over HTTP', () => {
       await new Promise((r) => setTimeout(r, 10));
     }
     expect(res.status).toBe(200);
-    expect((await digest(image.id)).sha256).toBe(final.imageDigest().toString('hex'));
+    expect((await digest(image.id)).digest).toBe(final.imageDigest().toString('hex'));
   });
 
   it('answers 409 to an epoch out of turn', async () => {
@@ -268,7 +268,7 @@ describe('image routes over HTTP', () => {
 
     await post(image.id, concat(list.flatMap((e) => e.frames)));
     const before = await digest(image.id);
-    expect(before.sha256).toBe(final.imageDigest().toString('hex'));
+    expect(before.digest).toBe(final.imageDigest().toString('hex'));
     expect((await fetch(`${base}/v1/images/${image.id}`, { method: 'DELETE' })).status).toBe(204);
 
     const resumed = await create({ file: 'vm1.img' });

@@ -113,7 +113,7 @@ async function expectExact(imageId: string, applied: readonly GeneratedEpoch[]):
   const expected = hashImage(pfns, PAGE, (pfn, dst) => dst.set(oracle.get(pfn) as Uint8Array));
   const digest = await receiver.digest(imageId);
   expect(digest.pages).toBe(pfns.length);
-  expect(digest.sha256, `image ${imageId} differs from the controller's`).toBe(expected.toString('hex'));
+  expect(digest.digest, `image ${imageId} differs from the controller's`).toBe(expected.toString('hex'));
 }
 
 /**

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import { FRAMES_CONTENT_TYPE } from '../content-types.js';
+import { DIGEST_ALGORITHM } from '../digest.js';
 import { FrameError, ServiceError } from '../errors.js';
 import { FrameSplitter } from '../frames.js';
 import { DEFAULT_MAX_EPOCH_BYTES, FileImage, INDEX_SUFFIX, MemoryImage, Receiver, type AbortReport, type ImageStore } from '../receiver.js';
@@ -240,8 +241,8 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
         response: {
           200: {
             type: 'object',
-            properties: { committedEpoch: nullableEpoch, pages: { type: 'integer' }, sha256: { type: 'string' } },
-            required: ['committedEpoch', 'pages', 'sha256'],
+            properties: { committedEpoch: nullableEpoch, pages: { type: 'integer' }, algorithm: { type: 'string' }, digest: { type: 'string' } },
+            required: ['committedEpoch', 'pages', 'algorithm', 'digest'],
           },
           404: errorSchema,
         },
@@ -249,7 +250,7 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
     },
     async (request) => {
       const { receiver } = sessionOf(request.params.id);
-      return { committedEpoch: receiver.committedEpoch, pages: receiver.pageCount, sha256: receiver.imageDigest().toString('hex') };
+      return { committedEpoch: receiver.committedEpoch, pages: receiver.pageCount, algorithm: DIGEST_ALGORITHM, digest: receiver.imageDigest().toString('hex') };
     },
   );
 
