@@ -15,8 +15,8 @@ export interface ChartOptions {
   height?: number;
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b'];
-const MARGIN = { left: 70, right: 160, top: 40, bottom: 50 };
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+const MARGIN = { left: 70, right: 210, top: 40, bottom: 50 };
 
 function escape(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -39,7 +39,7 @@ function label(value: number): string {
 }
 
 export function lineChart(series: Series[], options: ChartOptions): string {
-  const width = options.width ?? 640;
+  const width = options.width ?? 720;
   const height = options.height ?? 360;
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = height - MARGIN.top - MARGIN.bottom;
