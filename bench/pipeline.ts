@@ -1,0 +1,39 @@
+/**
+ * The sender's epoch pipeline in process, without HTTP: a Stream fed whole
+ * epoch records and a sink that drops frames. With bench/load.ts (the same
+ * epochs over loopback HTTP) it shows what HTTP and the client cost.
+ *
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12]
+ */
+import { parseArgs } from 'node:util';
+import { Sender } from '../src/sender.js';
+import type { FrameSink } from '../src/merge.js';
+import { makeEpochs } from './load.js';
+
+const PAGE_SIZE = 4096;
+const { values } = parseArgs({
+  options: { workers: { type: 'string', default: '1,2' }, mib: { type: 'string', default: '32' }, epochs: { type: 'string', default: '12' } },
+});
+const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
+const records = makeEpochs(1, pages, Number(values.epochs));
+const sink: FrameSink = { begin() {}, write(_frame, release) { release(null); } };
+
+async function* once(record: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield record;
+}
+
+for (const workers of values.workers.split(',').map(Number)) {
+  const sender = new Sender({ workers });
+  const stream = sender.create({ workers });
+  const rates: number[] = [];
+  for (const record of records) {
+    const started = process.hrtime.bigint();
+    const summary = await stream.runEpoch(once(record), record.length, sink);
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    // Epoch 0 is the image; the first dirty epoch warms the JIT.
+    if (summary.epoch >= 2) rates.push(summary.bytesIn / seconds / 1e9);
+  }
+  rates.sort((a, b) => a - b);
+  console.log(`${workers} worker(s), ${values.mib} MiB epochs: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs`);
+  await sender.close();
+}
