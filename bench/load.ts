@@ -91,9 +91,11 @@ export function makeEpochs(seed: number, epochPages: number, dirtyEpochs: number
 }
 
 /** Start `remus-compress serve` on a free loopback port; resolves with its base URL. */
-async function startServer(workers: number): Promise<{ child: ChildProcess; url: string }> {
+async function startServer(workers: number, streams: number): Promise<{ child: ChildProcess; url: string }> {
   const cli = join(packageRoot(), 'dist', 'src', 'cli.js');
-  const child = spawn(process.execPath, [cli, 'serve', '--port', '0', '--workers', String(workers), '--log-level', 'warn'], {
+  // Every stream's epoch in flight at once: the load test measures throughput, not load shedding.
+  const concurrent = String(Math.max(2 * workers, streams));
+  const child = spawn(process.execPath, [cli, 'serve', '--port', '0', '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const url = await new Promise<string>((resolve, reject) => {
@@ -145,7 +147,7 @@ function percentile(sorted: number[], p: number): number {
 export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const epochPages = Math.round((config.epochMiB * MIB) / PAGE_SIZE);
   const streamsEpochs = Array.from({ length: config.streams }, (_, s) => makeEpochs(1000 + s, Math.min(epochPages, IMAGE_PAGES), config.epochs));
-  const { child, url } = await startServer(config.workers);
+  const { child, url } = await startServer(config.workers, config.streams);
   const agent = new Agent({ keepAlive: true, maxSockets: config.streams * 2 });
   try {
     const client = new SenderClient(url);

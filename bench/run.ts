@@ -14,10 +14,10 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot } from '../src/package-root.js';
+import { ProgressBar } from '../src/progress.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
 import { DEFAULT_TRACE, formatTable, measureKernel, prepareTrace, type KernelResult } from './kernel.js';
 import { formatLoad, runLoad, type LoadConfig, type LoadResult } from './load.js';
-import { Progress } from './progress.js';
 import { lineChart } from './svg.js';
 
 interface Suite {
@@ -86,19 +86,27 @@ async function main(): Promise<void> {
     kernelSources.push({ name: `synthetic ${profile}, 4096 pages, 20 epochs`, load: async () => generateTrace({ seed: 1, epochs: 20, pages: 4096, profile }) });
   }
 
-  const progress = new Progress(kernelSources.length + plan.load.length);
+  const steps = kernelSources.length + plan.load.length;
+  let done = 0;
+  const bar = process.stderr.isTTY ? new ProgressBar() : null;
+  const step = (label: string): void => {
+    done++;
+    if (bar !== null) bar.update(done / steps, label);
+    else process.stderr.write(`${done}/${steps} ${label}\n`);
+  };
   const started = Date.now();
   const loadBefore = loadavg();
   const kernel: KernelResult[] = [];
   for (const source of kernelSources) {
     kernel.push(measureKernel(prepareTrace(source.name, await source.load()), { passes: plan.kernelPasses }));
-    progress.step(`kernel: ${source.name}`);
+    step(`kernel: ${source.name}`);
   }
   const load: LoadResult[] = [];
   for (const config of plan.load) {
     load.push(await runLoad(config));
-    progress.step(`load: ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
+    step(`load: ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
   }
+  bar?.finish();
 
   const machine = `node ${process.version}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, load average ${loadBefore[0].toFixed(2)} -> ${loadavg()[0].toFixed(2)}`;
   const seconds = (Date.now() - started) / 1000;

@@ -1,10 +1,15 @@
 #!/usr/bin/env node
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { buildApp } from './app.js';
+import { AuthConfigError, checkListenAddress, isLoopbackHost, readBearerToken } from './auth.js';
 import { isMain } from './is-main.js';
+import { runCapture } from './capture-cli.js';
+import { formatInspect, inspectFile, reportHasErrors } from './inspect.js';
+import { ProgressBar } from './progress.js';
 import { runReceive } from './receive-cli.js';
 import { formatReplay, replay } from './replay.js';
-import { DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS } from './sender.js';
+import { DEFAULT_EPOCHS_PER_WORKER, DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET_BYTES } from './sender.js';
 
 /** Exit status for a usage or configuration error. */
 const EXIT_USAGE = 2;
@@ -13,12 +18,15 @@ const EXIT_MISMATCH = 1;
 
 const USAGE = `remus-compress: parallel Remus checkpoint compression service
 
-Usage: remus-compress <command> [options]   (or: npm start -- <command> ...)
+Usage: remus-compress <command> [options]
+       (from a checkout: node dist/src/cli.js <command> ...; npm start -- [serve options])
 
 Commands:
   serve     run the compression service (the sender) over HTTP
   receive   run the receiver service, or apply frames to a file-backed image
   replay    replay an RMTR trace through a sender and a receiver on loopback
+  capture   checkpoint a live Linux process into a trace, or through a sender and receiver
+  inspect   show what is in a trace (.rmtr) or a frame stream file, for people
 
 Run 'remus-compress <command> --help' for a command's options.`;
 
@@ -33,9 +41,17 @@ Options (environment variable in brackets):
   --workers N            encoding worker threads (default: cores, max 4) [REMUS_WORKERS]
   --max-streams N        streams open at once (default ${DEFAULT_MAX_STREAMS})            [REMUS_MAX_STREAMS]
   --max-epoch-bytes N    largest epoch body, bytes or 64MiB/1GiB (default 1GiB) [REMUS_MAX_EPOCH_BYTES]
-  --with-receiver        also serve the receiver routes (/v1/images) in this process
+  --memory-budget N      all streams' caches and slabs together (default 4GiB)     [REMUS_MEMORY_BUDGET]
+  --max-concurrent-epochs N  epochs in flight, all streams (default ${DEFAULT_EPOCHS_PER_WORKER} x workers) [REMUS_MAX_CONCURRENT_EPOCHS]
+  --with-receiver        also serve the receiver routes (/v1/images) in this process [REMUS_WITH_RECEIVER=1]
   --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (default info) [REMUS_LOG_LEVEL]
-  -h, --help             this help`;
+  -h, --help             this help
+
+Security:
+  --allow-remote         allow a --host that is not a loopback address (needs a token)
+  --token-file PATH      require "Authorization: Bearer <token>" on every route but
+                         /health; the token is the file's first line      [REMUS_TOKEN holds the token itself]
+  --socket PATH          serve on a Unix socket (mode 0600) instead of TCP [REMUS_SOCKET]`;
 
 const REPLAY_USAGE = `Usage: remus-compress replay <trace.rmtr> [options]   (or: npm run replay -- <trace.rmtr> ...)
 
@@ -48,6 +64,25 @@ Options:
   --cache-bytes N      delta cache budget, bytes or 32MiB (default 32MiB)
   --frame-bytes N      largest frame (default 1MiB, at most 16MiB)
   --json               print one JSON object on stdout and nothing else
+  -h, --help           this help
+
+Progress: a bar on stderr when stderr is a terminal, else one line per epoch
+(nothing in --json mode). The summary table goes to stdout.`;
+
+const INSPECT_USAGE = `Usage: remus-compress inspect <file> [options]
+
+Tells from the file's magic whether it is an RMTR trace ("RMTR",
+../shared/TRACE.md) or a frame stream ("RMFR", docs/FORMAT.md: what the
+sender answers to an epoch, e.g. saved with curl -o) and prints what is in it:
+  trace:   per epoch, its pages, raw pages, zero pages and pfn range
+  frames:  per frame, its offset, epoch, sequence, flags, records, payload
+           bytes and whether its CRC is right, and its records by type
+           (ZERO, FULL, EMPTY = unchanged page, delta = word runs)
+Page contents are never printed. Exits 1 when a frame is damaged (bad CRC,
+unreadable records, a stream that cannot be split) or the file is neither.
+
+Options:
+  --json               print one JSON object on stdout instead of the table
   -h, --help           this help`;
 
 class UsageError extends Error {}
@@ -76,6 +111,17 @@ function parse(argv: string[], options: ParseArgsConfig['options'], allowPositio
   }
 }
 
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** A boolean environment variable: 1/true/yes or 0/false/no (or unset). */
+function envFlag(option: string, env: string): boolean {
+  const text = process.env[env];
+  if (text === undefined || text === '') return false;
+  if (/^(1|true|yes)$/i.test(text)) return true;
+  if (/^(0|false|no)$/i.test(text)) return false;
+  throw new UsageError(`${env} (--${option}): '${text}' is not 1/true/yes or 0/false/no`);
+}
+
 /** Flag, else environment variable, else undefined. */
 function setting(values: Record<string, unknown>, name: string, env: string): string | undefined {
   const flag = values[name];
@@ -94,6 +140,11 @@ async function serve(argv: string[]): Promise<number> {
       'max-epoch-bytes': { type: 'string' },
       'with-receiver': { type: 'boolean' },
       'log-level': { type: 'string' },
+      'memory-budget': { type: 'string' },
+      'max-concurrent-epochs': { type: 'string' },
+      'allow-remote': { type: 'boolean' },
+      'token-file': { type: 'string' },
+      socket: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     false,
@@ -102,6 +153,10 @@ async function serve(argv: string[]): Promise<number> {
     console.log(SERVE_USAGE);
     return 0;
   }
+  const socketPath = setting(values, 'socket', 'REMUS_SOCKET');
+  const token = readToken(values['token-file'] as string | undefined);
+  const budgetText = setting(values, 'memory-budget', 'REMUS_MEMORY_BUDGET');
+  const concurrentText = setting(values, 'max-concurrent-epochs', 'REMUS_MAX_CONCURRENT_EPOCHS');
   const host = setting(values, 'host', 'REMUS_HOST') ?? '127.0.0.1';
   const portText = setting(values, 'port', 'REMUS_PORT');
   const port = portText === undefined ? 7000 : parseCount('port', portText, 0, 65535);
@@ -109,18 +164,46 @@ async function serve(argv: string[]): Promise<number> {
   const maxStreamsText = setting(values, 'max-streams', 'REMUS_MAX_STREAMS');
   const maxEpochText = setting(values, 'max-epoch-bytes', 'REMUS_MAX_EPOCH_BYTES');
   const level = setting(values, 'log-level', 'REMUS_LOG_LEVEL') ?? 'info';
+  if (!LOG_LEVELS.includes(level)) throw new UsageError(`--log-level: '${level}' is not one of ${LOG_LEVELS.join(', ')}`);
+  const withReceiver = values['with-receiver'] === true || envFlag('with-receiver', 'REMUS_WITH_RECEIVER');
+  if (socketPath === undefined) {
+    try {
+      checkListenAddress(host, values['allow-remote'] === true, token);
+    } catch (err) {
+      if (err instanceof AuthConfigError) throw new UsageError(err.message);
+      throw err;
+    }
+  }
   const app = await buildApp({
     logger: { level },
+    authToken: token,
     sender: {
+      memoryBudgetBytes: budgetText === undefined ? DEFAULT_MEMORY_BUDGET_BYTES : parseSize('memory-budget', budgetText),
+      maxConcurrentEpochs: concurrentText === undefined ? undefined : parseCount('max-concurrent-epochs', concurrentText, 1, 65536),
       workers: workersText === undefined ? undefined : parseCount('workers', workersText, 1, 64),
       maxStreams: maxStreamsText === undefined ? DEFAULT_MAX_STREAMS : parseCount('max-streams', maxStreamsText, 1, 4096),
       maxEpochBytes: maxEpochText === undefined ? DEFAULT_MAX_EPOCH_BYTES : parseSize('max-epoch-bytes', maxEpochText),
     },
-    receiver: values['with-receiver'] ? {} : undefined,
+    receiver: withReceiver ? {} : undefined,
   });
-  const address = await app.listen({ host, port });
-  // Printed whatever the log level: operators and scripts need the address.
-  console.error(`remus-compress sender listening on ${address}${isLoopback(host) ? ' (loopback only)' : ''}`);
+  const auth = token === undefined ? 'no token' : 'bearer token required';
+  if (socketPath !== undefined) {
+    removeStaleSocket(socketPath);
+    // Created 0600 from the start (umask), not chmod-ed after a window in
+    // which another user could connect.
+    const umask = process.umask(0o177);
+    try {
+      await app.listen({ path: socketPath });
+    } finally {
+      process.umask(umask);
+    }
+    chmodSync(socketPath, 0o600);
+    console.error(`remus-compress sender listening on unix:${socketPath} (mode 0600, ${auth})`);
+  } else {
+    const address = await app.listen({ host, port });
+    // Printed whatever the log level: operators and scripts need the address.
+    console.error(`remus-compress sender listening on ${address} (${isLoopbackHost(host) ? 'loopback only' : 'REMOTE'}, ${auth})`);
+  }
   const stop = (): void => {
     void app.close().then(() => process.exit(0));
   };
@@ -129,9 +212,28 @@ async function serve(argv: string[]): Promise<number> {
   return new Promise<number>(() => undefined);
 }
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+/** The bearer token (--token-file, else REMUS_TOKEN), checked; a bad setting is a usage error. */
+function readToken(file: string | undefined): string | undefined {
+  try {
+    return readBearerToken(file);
+  } catch (err) {
+    if (err instanceof AuthConfigError) throw new UsageError(err.message);
+    throw err;
+  }
 }
+
+/** A socket file left by a previous run is removed; anything else at that path is an error. */
+function removeStaleSocket(path: string): void {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return; // nothing there
+  }
+  if (!isSocket) throw new UsageError(`--socket: ${path} exists and is not a socket`);
+  unlinkSync(path);
+}
+
 
 async function replayCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -151,15 +253,30 @@ async function replayCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError('replay takes exactly one trace file');
   const json = values.json === true;
+  // A bar redrawn in place when a person watches; a line per epoch in logs.
+  const bar = !json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
   const summary = await replay({
     tracePath: positionals[0],
     workers: typeof values.workers === 'string' ? parseCount('workers', values.workers, 1, 64) : undefined,
     cacheBytes: typeof values['cache-bytes'] === 'string' ? parseSize('cache-bytes', values['cache-bytes']) : undefined,
     frameBytes: typeof values['frame-bytes'] === 'string' ? parseSize('frame-bytes', values['frame-bytes']) : undefined,
-    onEpoch: json ? undefined : (e) => process.stderr.write(`epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}\n`),
-  });
+    onEpoch: json || bar !== undefined ? undefined : (e) => process.stderr.write(`epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}\n`),
+    onProgress: bar === undefined ? undefined : (done, total, e) => bar.update(done / total, `epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}`),
+  }).finally(() => bar?.finish());
   console.log(json ? JSON.stringify(summary) : formatReplay(summary));
   return summary.imageEqual ? 0 : EXIT_MISMATCH;
+}
+
+async function inspectCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, true);
+  if (values.help) {
+    console.log(INSPECT_USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('inspect takes exactly one file (a trace or a frame stream)');
+  const report = await inspectFile(positionals[0]);
+  console.log(values.json === true ? JSON.stringify(report) : formatInspect(report));
+  return reportHasErrors(report) ? 1 : 0;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -172,6 +289,10 @@ export async function main(argv: string[]): Promise<number> {
         return await runReceive(rest);
       case 'replay':
         return await replayCommand(rest);
+      case 'capture':
+        return await runCapture(rest, 'remus-compress capture');
+      case 'inspect':
+        return await inspectCommand(rest);
       case undefined:
       case 'help':
       case '-h':

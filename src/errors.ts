@@ -7,12 +7,15 @@
 export class ServiceError extends Error {
   readonly code: string;
   readonly statusCode: number;
+  /** Response headers that go with the error (fastify sets them), e.g. Retry-After on a 503. */
+  readonly headers?: Record<string, string>;
 
-  constructor(code: string, message: string, statusCode = 400) {
+  constructor(code: string, message: string, statusCode = 400, headers?: Record<string, string>) {
     super(message);
     this.name = 'ServiceError';
     this.code = code;
     this.statusCode = statusCode;
+    if (headers !== undefined) this.headers = headers;
   }
 }
 

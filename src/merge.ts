@@ -61,6 +61,13 @@ export class FrameAssembler {
     this.busy = slabStarts.map(() => false);
   }
 
+  /** Frames handed to the sink and not released yet: never more than the slabs. */
+  get inFlight(): number {
+    let n = 0;
+    for (const b of this.busy) if (b) n++;
+    return n;
+  }
+
   /** Whether the first frame went out (after which errors travel as an ABORT frame). */
   get started(): boolean {
     return this.begun;

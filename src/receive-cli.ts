@@ -1,3 +1,4 @@
+import { AuthConfigError, checkListenAddress, isLoopbackHost, readBearerToken } from './auth.js';
 import { createReadStream } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
@@ -35,6 +36,9 @@ Options:
   --host H                 listen address (default ${DEFAULT_HOST})
   --port P                 listen port (default ${DEFAULT_PORT})
   --image-dir DIR          directory for file images (default: none, memory only)
+  --allow-remote           allow a --host that is not a loopback address (needs a token)
+  --token-file PATH        require "Authorization: Bearer <token>" on every route
+                           but /health (token: the file's first line, or REMUS_TOKEN)
   --max-frame-bytes N      largest frame accepted (default ${MAX_FRAME_BYTES})
   --max-epoch-bytes N      largest epoch staged, in page bytes (default ${DEFAULT_MAX_EPOCH_BYTES})
   --help                   show this help
@@ -77,6 +81,8 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
         host: { type: 'string' },
         port: { type: 'string' },
         'image-dir': { type: 'string' },
+        'allow-remote': { type: 'boolean' },
+        'token-file': { type: 'string' },
         'max-frame-bytes': { type: 'string' },
         'max-epoch-bytes': { type: 'string' },
         help: { type: 'boolean' },
@@ -99,9 +105,18 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
       if (values['page-size'] !== undefined) throw new UsageError('--page-size is for frame files; with --listen, each image states its own');
       if (positionals.length > 0) throw new UsageError(`--listen takes no frame files (got ${positionals[0]})`);
       const port = integerOption(values.port, 'port', DEFAULT_PORT, 0, MAX_PORT);
-      return await listen(io, values.host ?? DEFAULT_HOST, port, values['image-dir'], maxFrameBytes, maxEpochBytes);
+      const host = values.host ?? DEFAULT_HOST;
+      let token: string | undefined;
+      try {
+        token = readBearerToken(values['token-file']);
+        checkListenAddress(host, values['allow-remote'] === true, token);
+      } catch (err) {
+        if (err instanceof AuthConfigError) throw new UsageError(err.message);
+        throw err;
+      }
+      return await listen(io, host, port, values['image-dir'], maxFrameBytes, maxEpochBytes, token);
     }
-    for (const name of ['host', 'port', 'image-dir'] as const) {
+    for (const name of ['host', 'port', 'image-dir', 'allow-remote', 'token-file'] as const) {
       if (values[name] !== undefined) throw new UsageError(`--${name} needs --listen`);
     }
     if (values.image === undefined) throw new UsageError('--image FILE is required (or --listen)');
@@ -190,12 +205,14 @@ async function listen(
   imageDir: string | undefined,
   maxFrameBytes: number,
   maxEpochBytes: number,
+  authToken: string | undefined,
 ): Promise<number> {
   // Loaded here so that frame-file mode does not load the HTTP stack.
   const { buildApp } = await import('./app.js');
-  const app = await buildApp({ receiver: { imageDir, maxFrameBytes, maxEpochBytes } });
+  const app = await buildApp({ receiver: { imageDir, maxFrameBytes, maxEpochBytes }, authToken });
   const address = await app.listen({ host, port });
-  io.stdout.write(`receiver listening on ${address}${imageDir === undefined ? ' (memory images only)' : ` (file images in ${imageDir})`}\n`);
+  const where = `${isLoopbackHost(host) ? 'loopback only' : 'REMOTE'}, ${authToken === undefined ? 'no token' : 'bearer token required'}`;
+  io.stdout.write(`receiver listening on ${address} (${where})${imageDir === undefined ? ' (memory images only)' : ` (file images in ${imageDir})`}\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {
       process.off('SIGINT', stop);

@@ -1,8 +1,9 @@
+import { stat } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from './app.js';
 import { ReceiverClient, SenderClient, type StreamConfigRequest } from './client.js';
 import { hashImage } from './digest.js';
-import { openTrace, TraceImage } from './trace.js';
+import { openTrace, TRACE_HEADER_BYTES, TraceImage } from './trace.js';
 
 export interface ReplayOptions extends StreamConfigRequest {
   tracePath: string;
@@ -10,6 +11,12 @@ export interface ReplayOptions extends StreamConfigRequest {
   poolWorkers?: number;
   /** Called after each epoch, e.g. for a progress line. */
   onEpoch?: (epoch: ReplayEpoch) => void;
+  /** Called after each epoch with the trace bytes replayed so far and the file's size, e.g. for a progress bar. */
+  onProgress?: (bytesDone: number, bytesTotal: number, epoch: ReplayEpoch) => void;
+  /** Use this running sender (base URL) instead of starting one; its stream is left open. */
+  senderUrl?: string;
+  /** Use this running receiver (base URL) instead of starting one; its image is left open. */
+  receiverUrl?: string;
 }
 
 export interface ReplayEpoch {
@@ -60,15 +67,23 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     maxEpochBytes: options.maxEpochBytes,
   };
   const poolWorkers = options.poolWorkers ?? options.workers;
-  const senderApp = await buildApp({ sender: poolWorkers === undefined ? {} : { workers: poolWorkers } });
-  const receiverApp = await buildApp({ receiver: {} });
+  const apps: FastifyInstance[] = [];
   try {
-    const sender = new SenderClient(await listen(senderApp));
-    const receiver = new ReceiverClient(await listen(receiverApp));
+    const { size: traceBytes } = await stat(options.tracePath);
+    const start = async (app: Promise<FastifyInstance>): Promise<string> => {
+      const started = await app;
+      apps.push(started);
+      return listen(started);
+    };
+    const senderUrl = options.senderUrl ?? (await start(buildApp({ sender: poolWorkers === undefined ? {} : { workers: poolWorkers } })));
+    const receiverUrl = options.receiverUrl ?? (await start(buildApp({ receiver: {} })));
+    const sender = new SenderClient(senderUrl);
+    const receiver = new ReceiverClient(receiverUrl);
     const stream = await sender.createStream(streamConfig);
     const image = await receiver.createImage({ pageSize: reader.pageSize });
     const oracle = new TraceImage(reader.pageSize);
     const epochs: ReplayEpoch[] = [];
+    let bytesDone = TRACE_HEADER_BYTES;
 
     for await (const epoch of reader.epochs()) {
       const started = process.hrtime.bigint();
@@ -92,7 +107,9 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         endToEndMs,
       };
       epochs.push(row);
+      bytesDone += epoch.record.length;
       options.onEpoch?.(row);
+      options.onProgress?.(bytesDone, traceBytes, row);
     }
 
     const { compared, mismatches } = await compareImages(oracle, receiver, image.id);
@@ -115,7 +132,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     };
   } finally {
     await reader.close();
-    await Promise.all([senderApp.close(), receiverApp.close()]);
+    await Promise.all(apps.map((app) => app.close()));
   }
 }
 

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { ServiceError } from './errors.js';
 import { minFrameBytes } from './frames.js';
-import { Stream, type StreamConfig } from './stream.js';
+import { Stream, type StreamConfig, type StreamHost } from './stream.js';
 import { WorkerPool } from './worker-pool.js';
 import { MAX_FRAME_BYTES, PFN_LIMIT, pageShiftOf } from './wire.js';
 
@@ -12,6 +12,14 @@ export interface SenderOptions {
   maxStreams?: number;
   /** Largest epoch body a stream may accept, and its default (default 1 GiB). */
   maxEpochBytes?: number;
+  /**
+   * Service-wide memory budget in bytes: every stream's cache budget plus its
+   * slabs (Stream.slabBytes). A stream or an epoch that would take the total
+   * past it is refused with 503 MEMORY_BUDGET_EXCEEDED (default 4 GiB).
+   */
+  memoryBudgetBytes?: number;
+  /** Epochs in flight at once, all streams together; past it, 503 OVERLOADED (default 2 x workers). */
+  maxConcurrentEpochs?: number;
   /** Let tests make a worker exit (never in production). */
   allowFaults?: boolean;
 }
@@ -24,6 +32,13 @@ export const DEFAULT_FRAME_BYTES = 1024 * 1024;
 export const DEFAULT_MAX_EPOCH_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_MAX_STREAMS = 64;
 export const MAX_PARTITIONS = 64;
+export const DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024 * 1024 * 1024;
+/** Epochs in flight per worker thread, by default: one encoding while the next one's body arrives. */
+export const DEFAULT_EPOCHS_PER_WORKER = 2;
+/** Retry-After (seconds) on OVERLOADED: an epoch takes milliseconds to a few seconds. */
+export const OVERLOADED_RETRY_AFTER_S = 1;
+/** Retry-After (seconds) on MEMORY_BUDGET_EXCEEDED: memory comes back only when a stream is deleted. */
+export const MEMORY_RETRY_AFTER_S = 5;
 
 export type StreamRequest = Partial<Omit<StreamConfig, 'partitions'>> & { workers?: number };
 
@@ -32,13 +47,18 @@ export type StreamRequest = Partial<Omit<StreamConfig, 'partitions'>> & { worker
  * every stream, and the open streams. A stream's partitions are spread over
  * the workers starting at a rotating offset, so streams share the cores.
  */
-export class Sender {
+export class Sender implements StreamHost {
   readonly pool: WorkerPool;
   readonly maxStreams: number;
   readonly maxEpochBytes: number;
+  readonly memoryBudgetBytes: number;
+  readonly maxConcurrentEpochs: number;
   private readonly streams = new Map<string, Stream>();
   private nextId = 1;
   private nextFirstWorker = 0;
+  private running = 0;
+  /** Requests refused by load shedding, by code (OVERLOADED, MEMORY_BUDGET_EXCEEDED). */
+  readonly shed: Record<string, number> = { OVERLOADED: 0, MEMORY_BUDGET_EXCEEDED: 0 };
 
   constructor(options: SenderOptions = {}) {
     const workers = options.workers ?? Math.min(availableParallelism(), 4);
@@ -48,6 +68,57 @@ export class Sender {
     this.pool = new WorkerPool({ workers, allowFaults: options.allowFaults });
     this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.maxEpochBytes = options.maxEpochBytes ?? DEFAULT_MAX_EPOCH_BYTES;
+    this.memoryBudgetBytes = options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES;
+    this.maxConcurrentEpochs = options.maxConcurrentEpochs ?? DEFAULT_EPOCHS_PER_WORKER * workers;
+    if (!Number.isSafeInteger(this.memoryBudgetBytes) || this.memoryBudgetBytes < 1) {
+      throw new ServiceError('INVALID_CONFIG', `memoryBudgetBytes must be a positive integer, got ${this.memoryBudgetBytes}`);
+    }
+    if (!Number.isInteger(this.maxConcurrentEpochs) || this.maxConcurrentEpochs < 1) {
+      throw new ServiceError('INVALID_CONFIG', `maxConcurrentEpochs must be a positive integer, got ${this.maxConcurrentEpochs}`);
+    }
+  }
+
+  /** Bytes counted against the memory budget now: every stream's cache budget and slabs. */
+  get memoryInUse(): number {
+    let total = 0;
+    for (const s of this.streams.values()) total += s.config.cacheBytes + s.slabBytes;
+    return total;
+  }
+
+  /** Epochs running now, all streams together. */
+  get epochsInFlight(): number {
+    return this.running;
+  }
+
+  // StreamHost: called by the streams before a slab grows and around each epoch.
+  reserveSlab(stream: Stream, bytes: number, what: string): void {
+    const used = this.memoryInUse;
+    if (used + bytes <= this.memoryBudgetBytes) return;
+    this.shed.MEMORY_BUDGET_EXCEEDED++;
+    throw new ServiceError(
+      'MEMORY_BUDGET_EXCEEDED',
+      `stream ${stream.id} needs ${bytes} more bytes for its ${what}; ${used} of the service's ${this.memoryBudgetBytes}-byte memory budget are in use ` +
+        `(${this.streams.size} streams: cache budgets and slabs); retry later, delete a stream, or raise --memory-budget`,
+      503,
+      { 'retry-after': String(MEMORY_RETRY_AFTER_S) },
+    );
+  }
+
+  enterEpoch(stream: Stream): void {
+    if (this.running >= this.maxConcurrentEpochs) {
+      this.shed.OVERLOADED++;
+      throw new ServiceError(
+        'OVERLOADED',
+        `${this.running} epochs are in flight, the service limit is ${this.maxConcurrentEpochs}; epoch of stream ${stream.id} not started, retry after ${OVERLOADED_RETRY_AFTER_S} s`,
+        503,
+        { 'retry-after': String(OVERLOADED_RETRY_AFTER_S) },
+      );
+    }
+    this.running++;
+  }
+
+  leaveEpoch(): void {
+    this.running--;
   }
 
   /** Validate a request against the service limits and fill in the defaults. */
@@ -86,8 +157,21 @@ export class Sender {
     if (this.streams.size >= this.maxStreams) {
       throw new ServiceError('TOO_MANY_STREAMS', `${this.streams.size} streams are open, the limit is ${this.maxStreams}; delete one first`, 503);
     }
+    const needed = config.cacheBytes + Stream.initialSlabBytes(config);
+    const used = this.memoryInUse;
+    if (used + needed > this.memoryBudgetBytes) {
+      this.shed.MEMORY_BUDGET_EXCEEDED++;
+      throw new ServiceError(
+        'MEMORY_BUDGET_EXCEEDED',
+        `a stream of this configuration needs ${needed} bytes (cacheBytes ${config.cacheBytes} + ${needed - config.cacheBytes} of slabs); ` +
+          `${used} of the service's ${this.memoryBudgetBytes}-byte memory budget are in use by ${this.streams.size} streams; ` +
+          'delete a stream, ask for a smaller cacheBytes, or raise --memory-budget',
+        503,
+        { 'retry-after': String(MEMORY_RETRY_AFTER_S) },
+      );
+    }
     const id = `s${this.nextId++}`;
-    const stream = new Stream(id, config, this.pool, this.nextFirstWorker);
+    const stream = new Stream(id, config, this.pool, this.nextFirstWorker, this);
     this.nextFirstWorker = (this.nextFirstWorker + config.partitions) % this.pool.size;
     this.streams.set(id, stream);
     return stream;

@@ -57,6 +57,21 @@ export interface EpochSummary {
   wallNs: number;
 }
 
+/**
+ * What a stream asks of the service that holds it: room in the service-wide
+ * memory budget before a slab grows, and a place among the epochs in flight.
+ * Both throw a 503 ServiceError (with Retry-After) to refuse; a refusal comes
+ * before any page reaches a worker, so it changes nothing.
+ */
+export interface StreamHost {
+  /** The stream is about to allocate `bytes` more bytes of slab (`what` names the slab, for the message). */
+  reserveSlab(stream: Stream, bytes: number, what: string): void;
+  /** An epoch is starting on `stream`. */
+  enterEpoch(stream: Stream): void;
+  /** That epoch has ended (committed, refused or aborted). */
+  leaveEpoch(stream: Stream): void;
+}
+
 /** Batches in flight at once: one merging while the next encodes. */
 const BATCH_RING = 2;
 /** Frame slabs per stream: frames on the wire while the next fills. */
@@ -123,29 +138,43 @@ export class Stream implements InputSlabProvider {
   };
   lastEpoch: EpochSummary | null = null;
   private readonly cachedPerPartition: number[];
+  private readonly host: StreamHost | null;
+  /** The running epoch's frame assembler, for the in-flight frame count. */
+  private assembler: FrameAssembler | null = null;
 
-  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number) {
+  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number, host: StreamHost | null = null) {
     this.id = id;
     this.config = config;
     this.pool = pool;
+    this.host = host;
     this.pageShift = pageShiftOf(config.pageSize);
     this.workerOf = Array.from({ length: config.partitions }, (_, k) => (firstWorker + k) % pool.size);
     this.cachedPerPartition = new Array<number>(config.partitions).fill(0);
-    const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
-    this.batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
-    this.maxRecordBytes = RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(config.pageSize);
+    const layout = slabLayout(config);
+    this.batchPages = layout.batchPages;
+    this.maxRecordBytes = layout.maxRecordBytes;
     this.sharder = new BatchSharder(config.partitions, this.batchPages);
-
-    const regionBytes = this.batchPages * this.maxRecordBytes;
-    // Frame slabs start on 4 KiB boundaries so page payloads copied into them
-    // keep a page-friendly alignment.
-    const framesStart = alignUp(BATCH_RING * regionBytes, 4096);
-    const slabStride = alignUp(config.frameBytes, 4096);
-    this.work = new SharedArrayBuffer(framesStart + FRAME_SLABS * slabStride);
+    this.work = new SharedArrayBuffer(layout.workBytes);
     this.work8 = new Uint8Array(this.work);
-    this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => framesStart + i * slabStride);
-    this.indices = new SharedArrayBuffer(BATCH_RING * this.batchPages * 4);
+    this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => layout.framesStart + i * layout.slabStride);
+    this.indices = new SharedArrayBuffer(layout.indexBytes);
     this.indices32 = new Int32Array(this.indices);
+  }
+
+  /** The slab bytes a stream of this configuration allocates when it is created (before its first epoch). */
+  static initialSlabBytes(config: StreamConfig): number {
+    const layout = slabLayout(config);
+    return layout.workBytes + layout.indexBytes;
+  }
+
+  /** Frames handed to the socket whose write has not completed yet (at most the 3 frame slabs). */
+  get framesInFlight(): number {
+    return this.assembler?.inFlight ?? 0;
+  }
+
+  /** Frames the running epoch has handed to its sink so far (0 when idle). */
+  get framesSent(): number {
+    return this.assembler?.framesWritten ?? 0;
   }
 
   /** Cache pages per partition: the byte budget split as evenly as whole pages allow. */
@@ -165,21 +194,47 @@ export class Stream implements InputSlabProvider {
 
   /** Bytes of memory this stream holds on the main thread (slabs), for budgets and metrics. */
   get slabBytes(): number {
-    return this.work.byteLength + this.indices.byteLength + this.input.byteLength + this.records.byteLength + this.groupHashes.byteLength;
+    return (
+      this.work.byteLength + this.indices.byteLength + this.input.byteLength + this.records.byteLength +
+      this.groupHashes.byteLength + this.scratch.byteLength + this.lastPfns.byteLength
+    );
+  }
+
+  /**
+   * Ask the host for `wanted - current` more bytes before a slab grows. When
+   * the rounded-up size `wanted` does not fit, the exact size `needed` is
+   * tried before giving up. Returns the size to allocate.
+   */
+  private reserve(current: number, needed: number, wanted: number, what: string): number {
+    if (this.host === null) return wanted;
+    try {
+      this.host.reserveSlab(this, wanted - current, what);
+      return wanted;
+    } catch (err) {
+      if (needed === wanted) throw err;
+      this.host.reserveSlab(this, needed - current, what);
+      return needed;
+    }
   }
 
   // InputSlabProvider: called by the body reader once the epoch header has
-  // been accepted.
+  // been accepted, before any page is read: an epoch the memory budget cannot
+  // hold is refused there and changes nothing.
   inputSlab(bytes: number): Uint8Array {
     if (this.input.byteLength < bytes) {
-      this.input = new SharedArrayBuffer(Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes)));
+      const wanted = Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes));
+      const size = this.reserve(this.input.byteLength, bytes, wanted, 'input slab');
+      this.input = new SharedArrayBuffer(size);
       this.input8 = new Uint8Array(this.input);
     }
     return this.input8;
   }
 
   pfnScratch(count: number): Float64Array {
-    if (this.scratch.length < count) this.scratch = new Float64Array(growTo(count));
+    if (this.scratch.length < count) {
+      const size = this.reserve(this.scratch.byteLength, count * 8, growTo(count) * 8, 'pfn scratch');
+      this.scratch = new Float64Array(size / 8);
+    }
     return this.scratch;
   }
 
@@ -198,6 +253,12 @@ export class Stream implements InputSlabProvider {
     const controller = new AbortController();
     const onOuterAbort = (): void => controller.abort(signal?.reason);
     signal?.addEventListener('abort', onOuterAbort, { once: true });
+    try {
+      this.host?.enterEpoch(this);
+    } catch (err) {
+      signal?.removeEventListener('abort', onOuterAbort);
+      throw err;
+    }
     const running = { epoch: null as number | null, controller, done: Promise.resolve() as Promise<unknown> };
     this.running = running;
     const work = this.execute(source, declaredLength, sink, controller.signal, running);
@@ -207,6 +268,8 @@ export class Stream implements InputSlabProvider {
     } finally {
       signal?.removeEventListener('abort', onOuterAbort);
       this.running = null;
+      this.assembler = null;
+      this.host?.leaveEpoch(this);
     }
   }
 
@@ -245,6 +308,7 @@ export class Stream implements InputSlabProvider {
         pageShift: this.pageShift,
         flags: resync ? FLAG_RESYNC : 0,
       });
+      this.assembler = assembler;
       const encodeStarted = process.hrtime.bigint();
       for (let first = 0, ring = 0; first < count; first += this.batchPages, ring = (ring + 1) % BATCH_RING) {
         const end = Math.min(first + this.batchPages, count);
@@ -312,11 +376,13 @@ export class Stream implements InputSlabProvider {
 
   private ensureEpochSlabs(count: number): void {
     if (this.records.byteLength < count * 8) {
-      this.records = new SharedArrayBuffer(growTo(count * 8));
+      this.records = new SharedArrayBuffer(this.reserve(this.records.byteLength, count * 8, growTo(count * 8), 'record index'));
       this.records32 = new Int32Array(this.records);
     }
     const hashBytes = digestGroupCount(count) * DIGEST_BYTES;
-    if (this.groupHashes.byteLength < hashBytes) this.groupHashes = new SharedArrayBuffer(growTo(hashBytes));
+    if (this.groupHashes.byteLength < hashBytes) {
+      this.groupHashes = new SharedArrayBuffer(this.reserve(this.groupHashes.byteLength, hashBytes, growTo(hashBytes), 'digest groups'));
+    }
   }
 
   /** Shard pages [first, end) across the partitions and start their tasks. */
@@ -392,6 +458,8 @@ export class Stream implements InputSlabProvider {
 
   private rememberCompleted(meta: EpochMetadata, resync: boolean): void {
     const bytes = meta.count * 8;
+    // Not refused (the epoch has been sent), but counted in slabBytes: it is
+    // at most 1/512 of the input slab, so it cannot overshoot the budget much.
     if (this.lastPfns.byteLength < bytes) this.lastPfns = new SharedArrayBuffer(growTo(bytes));
     new Uint8Array(this.lastPfns).set(this.input8.subarray(meta.layout.pfnOffset, meta.layout.pfnOffset + bytes));
     this.lastCompleted = { epoch: meta.epoch, count: meta.count, resync };
@@ -574,6 +642,35 @@ function asServiceError(err: unknown, signal: AbortSignal): ServiceError {
   if (err instanceof ServiceError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new ServiceError('EPOCH_FAILED', `epoch failed: ${message}; its pages were dropped from the cache`, 500);
+}
+
+interface SlabLayout {
+  batchPages: number;
+  maxRecordBytes: number;
+  framesStart: number;
+  slabStride: number;
+  workBytes: number;
+  indexBytes: number;
+}
+
+/** Sizes of the slabs a stream allocates at creation: batch record regions, then the frame slabs; the batch index. */
+function slabLayout(config: StreamConfig): SlabLayout {
+  const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
+  const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
+  const maxRecordBytes = RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(config.pageSize);
+  const regionBytes = batchPages * maxRecordBytes;
+  // Frame slabs start on 4 KiB boundaries so page payloads copied into them
+  // keep a page-friendly alignment.
+  const framesStart = alignUp(BATCH_RING * regionBytes, 4096);
+  const slabStride = alignUp(config.frameBytes, 4096);
+  return {
+    batchPages,
+    maxRecordBytes,
+    framesStart,
+    slabStride,
+    workBytes: framesStart + FRAME_SLABS * slabStride,
+    indexBytes: BATCH_RING * batchPages * 4,
+  };
 }
 
 function alignUp(n: number, to: number): number {

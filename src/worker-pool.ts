@@ -30,6 +30,10 @@ export class WorkerPool {
   private readonly crashes: ({ afterPages: number; skipTasks: number } | undefined)[];
   /** Tasks that failed (a worker died under them, or they threw) and idle workers that died. */
   failures = 0;
+  /** Per worker: nanoseconds spent in encode tasks (as the worker measured them), for metrics. */
+  readonly busyNs: number[];
+  /** Per worker: tasks that completed (any op), for metrics. */
+  readonly tasksCompleted: number[];
 
   constructor(options: WorkerPoolOptions) {
     if (!existsSync(ENCODER_WORKER_FILE)) {
@@ -38,6 +42,8 @@ export class WorkerPool {
     this.size = options.workers;
     this.allowFaults = options.allowFaults ?? false;
     this.crashes = new Array(options.workers).fill(undefined);
+    this.busyNs = new Array<number>(options.workers).fill(0);
+    this.tasksCompleted = new Array<number>(options.workers).fill(0);
     const workerData: WorkerData = { allowFaults: options.allowFaults ?? false };
     this.pools = [];
     for (let i = 0; i < options.workers; i++) {
@@ -67,10 +73,17 @@ export class WorkerPool {
         this.crashes[worker] = undefined;
       }
     }
-    return this.pools[worker].run(task).catch((err: unknown) => {
-      this.failures++;
-      throw err;
-    });
+    return this.pools[worker].run(task).then(
+      (result: EncodeResult | null) => {
+        this.tasksCompleted[worker]++;
+        if (result !== null) this.busyNs[worker] += result.busyNs;
+        return result;
+      },
+      (err: unknown) => {
+        this.failures++;
+        throw err;
+      },
+    );
   }
 
   /**

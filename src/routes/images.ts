@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { lstatSync } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
@@ -140,6 +141,10 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
       throw new ServiceError('IMAGE_FILE_NOT_ALLOWED', `file ${JSON.stringify(file)} ends with "${INDEX_SUFFIX}", which is reserved for image indexes`);
     }
     const filePath = path.join(imageDir, file);
+    // A symbolic link in the directory could point anywhere: never followed.
+    for (const p of [filePath, filePath + INDEX_SUFFIX]) {
+      if (isSymlink(p)) throw new ServiceError('IMAGE_FILE_NOT_ALLOWED', `file ${JSON.stringify(path.basename(p))} is a symbolic link; image files must be plain files inside the image directory`);
+    }
     for (const s of sessions.values()) {
       if (s.file === filePath) throw new ServiceError('IMAGE_FILE_IN_USE', `file ${file} is open as image ${s.id}`, 409);
     }
@@ -354,6 +359,14 @@ function applyBody(session: ImageSession, body: Readable, maxFrameBytes: number)
       if (!settled) fail(new ServiceError('IMAGE_BODY_CUT', 'the request body was cut off before its end', 400));
     });
   });
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false; // not there yet: it will be created as a plain file
+  }
 }
 
 /** A frame refusal names how far the body got: the frames before it stay applied. */

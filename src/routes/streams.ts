@@ -5,10 +5,13 @@ import type { FrameSink } from '../merge.js';
 import type { StreamConfig } from '../stream.js';
 import { ServiceError } from '../errors.js';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
+import type { ServiceMetrics } from '../metrics.js';
 
 export interface StreamRoutesOptions extends SenderOptions {
   /** Serve this sender rather than a new one; its owner closes it. */
   sender?: Sender;
+  /** Metrics to feed (epoch latency, streams created); buildApp passes its own. */
+  metrics?: ServiceMetrics;
 }
 
 const errorSchema = {
@@ -95,6 +98,8 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     },
     async (request, reply) => {
       const stream = sender.create(request.body ?? {});
+      options.metrics?.track(stream);
+      request.log.info({ stream: stream.id, event: 'create', config: publicConfig(stream.config) }, 'stream created');
       return reply.code(201).send({ ...stream.describe(), config: publicConfig(stream.config) });
     },
   );
@@ -123,6 +128,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     { schema: { summary: 'Delete a stream and free its cache', params: idParams, response: { 204: { type: 'null' }, 404: errorSchema } } },
     async (request, reply) => {
       await sender.delete(request.params.id);
+      request.log.info({ stream: request.params.id, event: 'delete' }, 'stream deleted');
       return reply.code(204).send();
     },
   );
@@ -139,6 +145,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     async (request) => {
       const stream = sender.get(request.params.id);
       await stream.reset();
+      request.log.info({ stream: stream.id, event: 'reset' }, 'stream reset: the next epoch is a RESYNC epoch');
       return { ...stream.describe(), config: publicConfig(stream.config) };
     },
   );
@@ -163,6 +170,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     async (request) => {
       const stream = sender.get(request.params.id);
       const aborted = await stream.abortEpoch(request.params.epoch);
+      request.log.info({ stream: stream.id, event: 'abort', epoch: request.params.epoch, aborted, nextEpoch: stream.nextEpoch }, 'epoch aborted by request');
       return { aborted, nextEpoch: stream.nextEpoch };
     },
   );
@@ -173,7 +181,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       schema: {
         summary: 'Submit an epoch (an RMTR epoch record, application/octet-stream); the response streams its frames (application/x-remus-frames)',
         params: idParams,
-        response: { 400: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 415: errorSchema, 500: errorSchema },
+        response: { 400: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 415: errorSchema, 500: errorSchema, 503: errorSchema },
       },
       // Before any body parser runs: fastify's own parsers would otherwise
       // hand the handler a string or a JSON value (or refuse "invalid JSON").
@@ -202,8 +210,18 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       try {
         // Iterate without destroying the request on error, so that an error
         // found before the first frame can still be answered as JSON.
-        await stream.runEpoch(body.iterator({ destroyOnReturn: false }), declared === undefined ? null : Number(declared), sink, cut.signal);
+        const summary = await stream.runEpoch(body.iterator({ destroyOnReturn: false }), declared === undefined ? null : Number(declared), sink, cut.signal);
+        options.metrics?.observeEpoch(stream, summary);
+        request.log.debug(
+          { stream: stream.id, epoch: summary.epoch, pages: summary.pages, bytesIn: summary.bytesIn, bytesOut: summary.bytesOut, frames: summary.frames, resync: summary.resync, ms: summary.wallNs / 1e6 },
+          'epoch sent',
+        );
       } catch (err) {
+        const failure = err as { code?: string; message?: string; statusCode?: number };
+        request.log.info(
+          { stream: stream.id, event: 'epoch-failed', expectedEpoch: stream.nextEpoch, code: failure.code, statusCode: failure.statusCode, reason: failure.message },
+          'epoch failed',
+        );
         if (reply.sent || reply.raw.headersSent) {
           reply.raw.end();
           return reply;
