@@ -36,9 +36,14 @@ export function digestGroupCount(pageCount: number): number {
  */
 export function hashDigestGroup(pfns: Uint8Array, pages: Uint8Array, out: Uint8Array, outOffset: number): void {
   const hash = new Blake3Hasher();
-  hash.update(pfns);
-  hash.update(pages);
+  hash.update(asBuffer(pfns));
+  hash.update(asBuffer(pages));
   out.set(hash.digestBuffer(), outOffset);
+}
+
+/** The binding is typed for Buffer; a Buffer view of the same bytes costs no copy. */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /**
@@ -48,12 +53,12 @@ export function hashDigestGroup(pfns: Uint8Array, pages: Uint8Array, out: Uint8A
  * whose flags were altered and resealed cannot commit.
  */
 export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number, epoch: number, resync: boolean): Buffer {
-  const prefix = new Uint8Array(DIGEST_PREFIX_BYTES);
-  new DataView(prefix.buffer).setUint32(0, epoch, true);
+  const prefix = Buffer.alloc(DIGEST_PREFIX_BYTES);
+  prefix.writeUInt32LE(epoch, 0);
   prefix[4] = resync ? 1 : 0;
   const hash = new Blake3Hasher();
   hash.update(prefix);
-  hash.update(groupHashes.subarray(0, groupCount * DIGEST_BYTES));
+  hash.update(asBuffer(groupHashes.subarray(0, groupCount * DIGEST_BYTES)));
   return hash.digestBuffer();
 }
 
@@ -64,8 +69,8 @@ export function foldEpochDigest(groupHashes: Uint8Array, groupCount: number, epo
  */
 export function hashImage(pfnsAscending: readonly number[], pageSize: number, readPage: (pfn: number, dst: Uint8Array) => void): Buffer {
   const hash = new Blake3Hasher();
-  const pfnBytes = new Uint8Array(8);
-  const page = new Uint8Array(pageSize);
+  const pfnBytes = Buffer.alloc(8);
+  const page = Buffer.alloc(pageSize);
   for (const pfn of pfnsAscending) {
     writePfn(pfnBytes, 0, pfn);
     readPage(pfn, page);
