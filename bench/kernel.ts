@@ -37,7 +37,7 @@ import { pathToFileURL } from 'node:url';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
 import runEncoderTask from '../workers/encoder.js';
-import type { EncodeResult, EncodeTask, InvalidateTask } from '../workers/protocol.js';
+import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type InvalidateTask } from '../workers/protocol.js';
 import { decodeRemusPage, remusMaxEncodedBytes } from '../src/codec/remus.js';
 import { epochLayout, type EpochLayout } from '../src/epoch-record.js';
 import { packageRoot } from '../src/package-root.js';
@@ -514,14 +514,7 @@ export interface PhaseFigures {
   decode: Speed | null;
 }
 
-export interface OursCounters {
-  cacheHits: number;
-  cacheMisses: number;
-  zeroPages: number;
-  rawPages: number;
-  unchangedPages: number;
-  overflows: number;
-}
+export type OursCounters = EncodeCounters;
 
 export interface CodecResult {
   codec: CodecName;
@@ -579,15 +572,8 @@ function checkEpoch(codec: KernelCodec, trace: PreparedTrace, e: number): void {
 }
 
 function sumCounters(list: EncodeResult[]): OursCounters {
-  const c: OursCounters = { cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0, unchangedPages: 0, overflows: 0 };
-  for (const r of list) {
-    c.cacheHits += r.cacheHits;
-    c.cacheMisses += r.cacheMisses;
-    c.zeroPages += r.zeroPages;
-    c.rawPages += r.rawPages;
-    c.unchangedPages += r.unchangedPages;
-    c.overflows += r.overflows;
-  }
+  const c = emptyEncodeCounters();
+  for (const r of list) addEncodeCounters(c, r);
   return c;
 }
 

@@ -1,4 +1,5 @@
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from './content-types.js';
+import type { EpochSummary } from './stream.js';
 
 /**
  * A small typed client for controllers written in TypeScript, over Node's
@@ -27,16 +28,8 @@ export interface StreamConfigRequest {
   maxEpochBytes?: number;
 }
 
-export interface EpochInfo {
-  epoch: number;
-  pages: number;
-  bytesIn: number;
-  bytesOut: number;
-  frames: number;
-  resync: boolean;
-  encodeWallNs: number;
-  wallNs: number;
-}
+/** What the sender reports of an epoch it completed. */
+export type EpochInfo = EpochSummary;
 
 export interface StreamInfo {
   id: string;

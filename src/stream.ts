@@ -6,7 +6,7 @@ import { encodeAbortFrame } from './frames.js';
 import { FrameAssembler, type FrameSink } from './merge.js';
 import { BatchSharder } from './sharding.js';
 import type { WorkerPool } from './worker-pool.js';
-import type { EncodeResult, EncodeTask } from '../workers/protocol.js';
+import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask } from '../workers/protocol.js';
 import { FLAG_RESYNC, RECORD_PREFIX_MAX_BYTES, pageShiftOf } from './wire.js';
 
 export interface StreamConfig {
@@ -302,7 +302,8 @@ export class Stream implements InputSlabProvider {
       running.epoch = meta.epoch;
       const { count } = meta;
       this.ensureEpochSlabs(count);
-      const pass = new EpochCounters();
+      // Counters of this epoch, added to the stream's only when it commits.
+      const pass = emptyEncodeCounters();
       assembler = new FrameAssembler(this.work8, this.frameSlabStarts, this.config.frameBytes, sink, {
         epoch: meta.epoch,
         pageShift: this.pageShift,
@@ -441,10 +442,10 @@ export class Stream implements InputSlabProvider {
    * order; not when the epoch has failed meanwhile (no frame of an epoch
    * already known to be lost).
    */
-  private async mergeBatch(batch: Batch, assembler: FrameAssembler, pass: EpochCounters, reader: EpochBodyReader): Promise<void> {
+  private async mergeBatch(batch: Batch, assembler: FrameAssembler, pass: EncodeCounters, reader: EpochBodyReader): Promise<void> {
     const results = await batch.tasks;
     reader.check();
-    for (const result of results) if (result !== null) pass.add(result);
+    for (const result of results) if (result !== null) addEncodeCounters(pass, result);
     const records = this.records32;
     for (let i = batch.first; i < batch.end; i++) {
       const offset = records[2 * i];
@@ -465,7 +466,7 @@ export class Stream implements InputSlabProvider {
     this.lastCompleted = { epoch: meta.epoch, count: meta.count, resync };
   }
 
-  private commit(meta: EpochMetadata, resync: boolean, pass: EpochCounters, bytesOut: number): void {
+  private commit(meta: EpochMetadata, resync: boolean, pass: EncodeCounters, bytesOut: number): void {
     const s = this.stats;
     this.nextEpochNumber = meta.epoch + 1;
     if (resync) this.resyncPending = false;
@@ -610,26 +611,6 @@ export class Stream implements InputSlabProvider {
   }
 }
 
-/** Counters of one epoch, added to the stream's only when it commits. */
-class EpochCounters {
-  cacheHits = 0;
-  cacheMisses = 0;
-  overflows = 0;
-  zeroPages = 0;
-  rawPages = 0;
-  unchangedPages = 0;
-  busyNs = 0;
-
-  add(r: EncodeResult): void {
-    this.cacheHits += r.cacheHits;
-    this.cacheMisses += r.cacheMisses;
-    this.overflows += r.overflows;
-    this.zeroPages += r.zeroPages;
-    this.rawPages += r.rawPages;
-    this.unchangedPages += r.unchangedPages;
-    this.busyNs += r.busyNs;
-  }
-}
 
 function abortError(signal: AbortSignal): ServiceError {
   const reason: unknown = signal.reason;

@@ -75,6 +75,24 @@ export interface EncodeResult {
   busyNs: number;
 }
 
+/** The counters of an encode task that add up over tasks and epochs. */
+export type EncodeCounters = Pick<EncodeResult, 'cacheHits' | 'cacheMisses' | 'zeroPages' | 'rawPages' | 'unchangedPages' | 'overflows' | 'busyNs'>;
+
+export function emptyEncodeCounters(): EncodeCounters {
+  return { cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0, unchangedPages: 0, overflows: 0, busyNs: 0 };
+}
+
+/** Add `from`'s counters into `into`. */
+export function addEncodeCounters(into: EncodeCounters, from: EncodeCounters): void {
+  into.cacheHits += from.cacheHits;
+  into.cacheMisses += from.cacheMisses;
+  into.zeroPages += from.zeroPages;
+  into.rawPages += from.rawPages;
+  into.unchangedPages += from.unchangedPages;
+  into.overflows += from.overflows;
+  into.busyNs += from.busyNs;
+}
+
 export interface WorkerData {
   allowFaults: boolean;
 }

@@ -9,6 +9,7 @@ import { FrameError, ServiceError } from '../errors.js';
 import { FrameSplitter } from '../frames.js';
 import { DEFAULT_MAX_EPOCH_BYTES, FileImage, INDEX_SUFFIX, MemoryImage, Receiver, type AbortReport, type ImageStore } from '../receiver.js';
 import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_PAGE_SHIFT, PFN_LIMIT, pageShiftOf } from '../wire.js';
+import { errorSchema } from './schemas.js';
 
 export interface ImageRoutesOptions {
   /** FileImage files are created only inside this directory; without it, memory images only. */
@@ -50,16 +51,6 @@ interface FramesSummary {
 }
 
 const nullableEpoch = { type: ['integer', 'null'] } as const;
-const errorSchema = {
-  type: 'object',
-  properties: {
-    statusCode: { type: 'integer' },
-    code: { type: 'string' },
-    error: { type: 'string' },
-    message: { type: 'string' },
-  },
-  required: ['statusCode', 'code', 'message'],
-} as const;
 const idParams = {
   type: 'object',
   properties: { id: { type: 'string' } },

@@ -6,6 +6,7 @@ import type { StreamConfig } from '../stream.js';
 import { ServiceError } from '../errors.js';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
 import type { ServiceMetrics } from '../metrics.js';
+import { errorSchema } from './schemas.js';
 
 export interface StreamRoutesOptions extends SenderOptions {
   /** Serve this sender rather than a new one; its owner closes it. */
@@ -14,16 +15,6 @@ export interface StreamRoutesOptions extends SenderOptions {
   metrics?: ServiceMetrics;
 }
 
-const errorSchema = {
-  type: 'object',
-  properties: {
-    statusCode: { type: 'integer' },
-    code: { type: 'string' },
-    error: { type: 'string' },
-    message: { type: 'string' },
-  },
-  required: ['statusCode', 'code', 'message'],
-} as const;
 
 const configSchema = {
   type: 'object',
