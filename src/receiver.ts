@@ -75,19 +75,23 @@ function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffse
   for (let i = srcOffset; i < end; i++) dst[i + delta] = src[i];
 }
 
-/** Pages in memory: a pfn → slot map over page slots in fixed-size chunks (pfns are sparse, so no table indexed by pfn). */
-export class MemoryImage implements ImageStore {
+/**
+ * What the two stores share: pages live in numbered slots, handed out in
+ * order and never freed one by one (the format cannot remove a page; only
+ * clear() empties the image), found through a pfn → slot map (pfns are
+ * sparse, so no table indexed by pfn).
+ */
+abstract class SlotImage implements ImageStore {
   readonly pageSize: number;
-  private readonly slots = new Map<number, number>();
-  private readonly chunks: Uint8Array[] = [];
-  private readonly pagesPerChunk: number;
-  private used = 0;
-  private epoch: number | null = null;
+  protected readonly slots: Map<number, number>;
+  protected used: number;
+  protected epoch: number | null;
 
-  constructor(pageSize: number) {
-    checkPageSize(pageSize, 'MemoryImage');
+  protected constructor(pageSize: number, slots: Map<number, number>, epoch: number | null) {
     this.pageSize = pageSize;
-    this.pagesPerChunk = Math.max(1, Math.floor(MEMORY_CHUNK_BYTES / pageSize));
+    this.slots = slots;
+    this.used = slots.size;
+    this.epoch = epoch;
   }
 
   get committedEpoch(): number | null {
@@ -102,6 +106,42 @@ export class MemoryImage implements ImageStore {
     return this.slots.has(pfn);
   }
 
+  pfns(): number[] {
+    return [...this.slots.keys()].sort((a, b) => a - b);
+  }
+
+  clear(): void {
+    this.slots.clear();
+    this.used = 0;
+  }
+
+  /** The slot of `pfn`, given the next free one (and announced to `slotAdded`) when the image lacks it. */
+  protected slotFor(pfn: number): number {
+    let slot = this.slots.get(pfn);
+    if (slot === undefined) {
+      slot = this.used++;
+      this.slotAdded(slot, pfn);
+      this.slots.set(pfn, slot);
+    }
+    return slot;
+  }
+
+  protected abstract slotAdded(slot: number, pfn: number): void;
+  abstract read(pfn: number, dst: Uint8Array, dstOffset: number): boolean;
+  abstract write(pfn: number, src: Uint8Array, srcOffset: number): void;
+}
+
+/** Pages in memory, in page slots grouped in fixed-size chunks. */
+export class MemoryImage extends SlotImage {
+  private readonly chunks: Uint8Array[] = [];
+  private readonly pagesPerChunk: number;
+
+  constructor(pageSize: number) {
+    checkPageSize(pageSize, 'MemoryImage');
+    super(pageSize, new Map(), null);
+    this.pagesPerChunk = Math.max(1, Math.floor(MEMORY_CHUNK_BYTES / pageSize));
+  }
+
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
     const slot = this.slots.get(pfn);
     if (slot === undefined) return false;
@@ -110,29 +150,17 @@ export class MemoryImage implements ImageStore {
     return true;
   }
 
-  write(pfn: number, src: Uint8Array, srcOffset: number): void {
-    let slot = this.slots.get(pfn);
-    if (slot === undefined) {
-      // Slots are handed out in order and never freed (the format cannot
-      // remove a page; only clear() empties the image), so no free list.
-      slot = this.used++;
-      if (Math.floor(slot / this.pagesPerChunk) === this.chunks.length) {
-        this.chunks.push(new Uint8Array(this.pagesPerChunk * this.pageSize));
-      }
-      this.slots.set(pfn, slot);
+  protected slotAdded(slot: number): void {
+    // Chunks are kept across clear(): a RESYNC refills about as many pages as it dropped.
+    if (Math.floor(slot / this.pagesPerChunk) === this.chunks.length) {
+      this.chunks.push(new Uint8Array(this.pagesPerChunk * this.pageSize));
     }
+  }
+
+  write(pfn: number, src: Uint8Array, srcOffset: number): void {
+    const slot = this.slotFor(pfn);
     const chunk = this.chunks[Math.floor(slot / this.pagesPerChunk)];
     copyBytes(src, srcOffset, chunk, (slot % this.pagesPerChunk) * this.pageSize, this.pageSize);
-  }
-
-  clear(): void {
-    // Chunks are kept: a RESYNC refills about as many pages as it dropped.
-    this.slots.clear();
-    this.used = 0;
-  }
-
-  pfns(): number[] {
-    return [...this.slots.keys()].sort((a, b) => a - b);
   }
 
   commit(epoch: number): void {
@@ -167,20 +195,16 @@ const INITIAL_SLOT_CAPACITY = 1024;
  * can leave pages of the new epoch under the old epoch number (pages are
  * overwritten in place): the image is torn and the sender must resync it.
  */
-export class FileImage implements ImageStore {
-  readonly pageSize: number;
+export class FileImage extends SlotImage {
   readonly path: string;
   private readonly dataFd: number;
   private readonly indexFd: number;
-  private readonly slots: Map<number, number>;
   /** pfn of each slot, in slot order: slots are allocated in order, so index entries are appended in this order. */
   private slotPfns: Float64Array;
-  private used: number;
   /** Slots whose index entries are on disk. */
   private persisted: number;
   /** clear() since the last commit: the index must be rewritten whole. */
   private rewriteIndex = false;
-  private epoch: number | null;
   private closed = false;
 
   private constructor(
@@ -192,15 +216,12 @@ export class FileImage implements ImageStore {
     slotPfns: Float64Array,
     epoch: number | null,
   ) {
+    super(pageSize, slots, epoch);
     this.path = path;
-    this.pageSize = pageSize;
     this.dataFd = dataFd;
     this.indexFd = indexFd;
-    this.slots = slots;
     this.slotPfns = slotPfns;
-    this.used = slots.size;
     this.persisted = slots.size;
-    this.epoch = epoch;
   }
 
   /**
@@ -240,18 +261,6 @@ export class FileImage implements ImageStore {
     return new FileImage(path, pageSize, dataFd, indexFd, slots, slotPfns, epoch);
   }
 
-  get committedEpoch(): number | null {
-    return this.epoch;
-  }
-
-  get size(): number {
-    return this.slots.size;
-  }
-
-  has(pfn: number): boolean {
-    return this.slots.has(pfn);
-  }
-
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
     const slot = this.slots.get(pfn);
     if (slot === undefined) return false;
@@ -264,33 +273,27 @@ export class FileImage implements ImageStore {
     return true;
   }
 
-  write(pfn: number, src: Uint8Array, srcOffset: number): void {
-    let slot = this.slots.get(pfn);
-    if (slot === undefined) {
-      slot = this.used++;
-      if (slot === this.slotPfns.length) {
-        const grown = new Float64Array(this.slotPfns.length * 2);
-        grown.set(this.slotPfns);
-        this.slotPfns = grown;
-      }
-      this.slotPfns[slot] = pfn;
-      this.slots.set(pfn, slot);
+  protected slotAdded(slot: number, pfn: number): void {
+    if (slot === this.slotPfns.length) {
+      const grown = new Float64Array(this.slotPfns.length * 2);
+      grown.set(this.slotPfns);
+      this.slotPfns = grown;
     }
+    this.slotPfns[slot] = pfn;
+  }
+
+  write(pfn: number, src: Uint8Array, srcOffset: number): void {
+    const slot = this.slotFor(pfn);
     let done = 0;
     while (done < this.pageSize) {
       done += fs.writeSync(this.dataFd, src, srcOffset + done, this.pageSize - done, slot * this.pageSize + done);
     }
   }
 
-  clear(): void {
-    this.slots.clear();
-    this.used = 0;
+  override clear(): void {
+    super.clear();
     this.persisted = 0;
     this.rewriteIndex = true;
-  }
-
-  pfns(): number[] {
-    return [...this.slots.keys()].sort((a, b) => a - b);
   }
 
   commit(epoch: number): void {
