@@ -95,9 +95,31 @@ async function startServer(workers: number, streams: number): Promise<{ child: C
   const cli = join(packageRoot(), 'dist', 'src', 'cli.js');
   // Every stream's epoch in flight at once: the load test measures throughput, not load shedding.
   const concurrent = String(Math.max(2 * workers, streams));
-  const child = spawn(process.execPath, [cli, 'serve', '--port', '0', '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+  return startChild([cli, 'serve', '--port', '0', '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn']);
+}
+
+/**
+ * The transfer ceiling: a bare node:http server in its own process that
+ * copies each request body into a SharedArrayBuffer (as the sender's body
+ * reader does) and answers with its length. What an epoch costs before any
+ * compression at all.
+ */
+const CEILING_SERVER = `
+const { createServer } = require('node:http');
+let slab = new Uint8Array(new SharedArrayBuffer(1));
+const server = createServer((req, res) => {
+  let n = 0;
+  req.on('data', (c) => {
+    if (n + c.length > slab.length) { const grown = new Uint8Array(new SharedArrayBuffer(2 * (n + c.length))); grown.set(slab.subarray(0, n)); slab = grown; }
+    slab.set(c, n); n += c.length;
   });
+  req.on('end', () => res.end(String(n)));
+});
+server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
+`;
+
+async function startChild(args: string[]): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const url = await new Promise<string>((resolve, reject) => {
     let text = '';
     child.stderr?.on('data', (chunk: Buffer) => {
@@ -196,6 +218,46 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
     child.kill('SIGTERM');
     await new Promise((resolve) => child.once('exit', resolve));
   }
+}
+
+export interface CeilingResult {
+  epochMiB: number;
+  epochs: number;
+  throughputGBps: number;
+  p50Ms: number;
+}
+
+/** POST the same dirty epochs to the bare transfer server (CEILING_SERVER), one stream, back to back. */
+export async function runHttpCeiling(epochMiB: number, epochs: number): Promise<CeilingResult> {
+  const epochPages = Math.min(Math.round((epochMiB * MIB) / PAGE_SIZE), IMAGE_PAGES);
+  const records = makeEpochs(1000, epochPages, epochs).slice(1);
+  const { child, url } = await startChild(['-e', CEILING_SERVER]);
+  const agent = new Agent({ keepAlive: true });
+  try {
+    const base = new URL(url);
+    await postEpoch(agent, base, '/', records[0]); // warm up the connection
+    const latencies: number[] = [];
+    let bytes = 0;
+    const started = process.hrtime.bigint();
+    for (const record of records) {
+      latencies.push((await postEpoch(agent, base, '/', record)).ms);
+      bytes += epochPages * PAGE_SIZE;
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    return { epochMiB, epochs, throughputGBps: bytes / seconds / 1e9, p50Ms: percentile([...latencies].sort((a, b) => a - b), 50) };
+  } finally {
+    agent.destroy();
+    child.kill('SIGTERM');
+    await new Promise((resolve) => child.once('exit', resolve));
+  }
+}
+
+export function formatCeiling(results: CeilingResult[]): string {
+  return [
+    '| epoch MiB | epochs | GB/s of pages | p50 ms |',
+    '|---|---|---|---|',
+    ...results.map((r) => `| ${r.epochMiB} | ${r.epochs} | ${r.throughputGBps.toFixed(3)} | ${r.p50Ms.toFixed(2)} |`),
+  ].join('\n');
 }
 
 export function formatLoad(results: LoadResult[]): string {

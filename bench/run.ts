@@ -17,7 +17,7 @@ import { packageRoot } from '../src/package-root.js';
 import { ProgressBar } from '../src/progress.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
 import { DEFAULT_TRACE, formatTable, measureKernel, prepareTrace, type KernelResult } from './kernel.js';
-import { formatLoad, runLoad, type LoadConfig, type LoadResult } from './load.js';
+import { formatCeiling, formatLoad, runHttpCeiling, runLoad, type CeilingResult, type LoadConfig, type LoadResult } from './load.js';
 import { lineChart } from './svg.js';
 
 interface Suite {
@@ -86,7 +86,8 @@ async function main(): Promise<void> {
     kernelSources.push({ name: `synthetic ${profile}, 4096 pages, 20 epochs`, load: async () => generateTrace({ seed: 1, epochs: 20, pages: 4096, profile }) });
   }
 
-  const steps = kernelSources.length + plan.load.length;
+  const ceilingSizes = [...new Set(plan.load.map((c) => c.epochMiB))];
+  const steps = kernelSources.length + plan.load.length + ceilingSizes.length;
   let done = 0;
   const bar = process.stderr.isTTY ? new ProgressBar() : null;
   const step = (label: string): void => {
@@ -105,6 +106,11 @@ async function main(): Promise<void> {
   for (const config of plan.load) {
     load.push(await runLoad(config));
     step(`load: ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
+  }
+  const ceiling: CeilingResult[] = [];
+  for (const epochMiB of ceilingSizes) {
+    ceiling.push(await runHttpCeiling(epochMiB, plan.load[0].epochs));
+    step(`transfer ceiling: ${epochMiB} MiB`);
   }
   bar?.finish();
 
@@ -126,6 +132,10 @@ async function main(): Promise<void> {
     '',
     formatLoad(load),
     '',
+    'Transfer ceiling, same run: the same dirty epochs POSTed to a bare node:http server in its own process that only copies the body into a SharedArrayBuffer (no compression, no frames).',
+    '',
+    formatCeiling(ceiling),
+    '',
     '![throughput](throughput.svg) ![latency](latency.svg)',
     '',
   ].join('\n');
@@ -136,6 +146,7 @@ async function main(): Promise<void> {
     full: values.full === true,
     kernel,
     load: load.map((r) => ({ ...r, latencyMs: { ...r.latencyMs } })),
+    ceiling,
   };
   await Promise.all([
     writeFile(join(outDir, 'results.json'), JSON.stringify(json, null, 2) + '\n'),
