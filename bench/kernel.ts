@@ -38,12 +38,14 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
 import runEncoderTask from '../workers/encoder.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type InvalidateTask } from '../workers/protocol.js';
-import { decodeRemusPage, remusMaxEncodedBytes } from '../src/codec/remus.js';
+import { decodeRemusPage } from '../src/codec/remus.js';
+import { decodeXbzrleBody } from '../src/codec/xbzrle.js';
+import { maxRecordBytes } from '../src/frames.js';
 import { epochLayout, type EpochLayout } from '../src/epoch-record.js';
 import { packageRoot } from '../src/package-root.js';
 import { parseTrace } from '../src/trace.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
-import { RECORD_PREFIX_MAX_BYTES, RECORD_ZERO } from '../src/wire.js';
+import { CODEC_REMUS, CODEC_XBZRLE, RECORD_ZERO } from '../src/wire.js';
 
 /** The lz4 package ships no types; the two block calls of its C binding that we use. */
 interface Lz4Binding {
@@ -119,14 +121,18 @@ export interface KernelCodec {
   decodedPage(e: number, i: number): Uint8Array;
 }
 
-export const CODEC_NAMES = ['ours', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
+export const CODEC_NAMES = ['ours', 'xbzrle', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 let streamSerial = 0;
 
-/** Our path: the worker's encode task on one partition, then decodeRemusPage onto an image. */
+/**
+ * Our path: the worker's encode task on one partition, then decodeRemusPage
+ * onto an image; as 'xbzrle', the same task with the stream codec set to
+ * QEMU's XBZRLE (same cache, zero and raw logic) and decodeXbzrleBody.
+ */
 class OursCodec implements KernelCodec {
-  readonly name = 'ours';
+  readonly name: 'ours' | 'xbzrle';
   readonly description: string;
   readonly decodes = true;
   /** Per-epoch counters of the last encode. */
@@ -146,17 +152,20 @@ class OursCodec implements KernelCodec {
   /** Image slot of each page of each epoch (the receiver's pfn index, looked up beforehand). */
   private readonly slots: Int32Array[];
 
-  constructor(private readonly trace: PreparedTrace, cacheBytes: number) {
+  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours' | 'xbzrle' = 'ours') {
     const { pageSize, epochs, maxCount } = trace;
+    this.name = name;
     this.slotCount = Math.floor(cacheBytes / pageSize);
-    this.description = `worker encode loop, ${this.slotCount}-page cache; decodeRemusPage onto the previous image`;
+    this.description = name === 'ours'
+      ? `worker encode loop, ${this.slotCount}-page cache; decodeRemusPage onto the previous image`
+      : `worker encode loop with codec xbzrle (QEMU XBZRLE), ${this.slotCount}-page cache; decodeXbzrleBody onto the previous image`;
     this.indices = new SharedArrayBuffer(4 * maxCount);
     const indices = new Int32Array(this.indices);
     for (let i = 0; i < maxCount; i++) indices[i] = i;
     this.records = new SharedArrayBuffer(8 * maxCount);
     // Every epoch keeps its records (the decode pass runs after all encodes),
     // each in a region sized for the worst case as the stream sizes them.
-    const worst = RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(pageSize);
+    const worst = maxRecordBytes(pageSize);
     let total = 0;
     for (const e of epochs) {
       this.outStart.push(total);
@@ -203,6 +212,7 @@ class OursCodec implements KernelCodec {
       stream: this.stream,
       partition: 0,
       pageSize: this.trace.pageSize,
+      codec: this.name === 'xbzrle' ? CODEC_XBZRLE : CODEC_REMUS,
       slotCount: this.slotCount,
       input: ep.record,
       pfnOffset: ep.layout.pfnOffset,
@@ -240,9 +250,10 @@ class OursCodec implements KernelCodec {
       while ((input[pos++] & 0x80) !== 0); // the pfn, ULEB128; its image slot was looked up beforehand
       const at = slots[i] * pageSize;
       if (type === RECORD_ZERO) image.fill(0, at, at + pageSize);
+      else if (this.name === 'xbzrle') pos = decodeXbzrleBody(input, pos, end, image, at, pageSize);
       else pos = decodeRemusPage(input, pos, end, image, at, pageSize);
     }
-    if (pos !== end) throw new Error(`ours: epoch ${e} decode ended at ${pos}, records end at ${end}`);
+    if (pos !== end) throw new Error(`${this.name}: epoch ${e} decode ended at ${pos}, records end at ${end}`);
   }
 
   decodedPage(e: number, i: number): Uint8Array {
@@ -481,6 +492,8 @@ export function createCodec(name: CodecName, trace: PreparedTrace, cacheBytes = 
   switch (name) {
     case 'ours':
       return new OursCodec(trace, cacheBytes);
+    case 'xbzrle':
+      return new OursCodec(trace, cacheBytes, 'xbzrle');
     case 'zstd-1':
       return new ZstdPageCodec(trace);
     case 'lz4':

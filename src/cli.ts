@@ -63,6 +63,7 @@ Options:
   --workers N          cache partitions and worker threads (default: cores, max 4)
   --cache-bytes N      delta cache budget, bytes or 32MiB (default 32MiB)
   --frame-bytes N      largest frame (default 1MiB, at most 16MiB)
+  --codec NAME         page encoding: remus (default) or xbzrle (QEMU's XBZRLE)
   --json               print one JSON object on stdout and nothing else
   -h, --help           this help
 
@@ -242,6 +243,7 @@ async function replayCommand(argv: string[]): Promise<number> {
       workers: { type: 'string' },
       'cache-bytes': { type: 'string' },
       'frame-bytes': { type: 'string' },
+      codec: { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -252,6 +254,10 @@ async function replayCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('replay takes exactly one trace file');
+  const codec = values.codec;
+  if (codec !== undefined && codec !== 'remus' && codec !== 'xbzrle') {
+    throw new UsageError(`--codec: expected remus or xbzrle, got ${JSON.stringify(codec)}`);
+  }
   const json = values.json === true;
   // A bar redrawn in place when a person watches; a line per epoch in logs.
   const bar = !json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
@@ -260,6 +266,7 @@ async function replayCommand(argv: string[]): Promise<number> {
     workers: typeof values.workers === 'string' ? parseCount('workers', values.workers, 1, 64) : undefined,
     cacheBytes: typeof values['cache-bytes'] === 'string' ? parseSize('cache-bytes', values['cache-bytes']) : undefined,
     frameBytes: typeof values['frame-bytes'] === 'string' ? parseSize('frame-bytes', values['frame-bytes']) : undefined,
+    codec,
     onEpoch: json || bar !== undefined ? undefined : (e) => process.stderr.write(`epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}\n`),
     onProgress: bar === undefined ? undefined : (done, total, e) => bar.update(done / total, `epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}`),
   }).finally(() => bar?.finish());

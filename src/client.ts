@@ -26,6 +26,8 @@ export interface StreamConfigRequest {
   frameBytes?: number;
   pfnLimit?: number;
   maxEpochBytes?: number;
+  /** Page encoding: 'remus' (default, frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2). */
+  codec?: 'remus' | 'xbzrle';
 }
 
 /** What the sender reports of an epoch it completed. */

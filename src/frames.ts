@@ -5,6 +5,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { remusMaxEncodedBytes } from './codec/remus.js';
+import { xbzrleMaxEncodedBytes } from './codec/xbzrle.js';
 import { DIGEST_BYTES } from './digest.js';
 import { FrameError } from './errors.js';
 import {
@@ -147,9 +148,13 @@ export function readFrameHeader(buf: Uint8Array, offset: number): FrameHeader {
   };
 }
 
-/** The largest record of one page: type byte, longest pfn, worst-case Remus body. */
+/**
+ * The largest record of one page under any codec: type byte, longest pfn,
+ * worst-case body (Remus all-changed runs, 4105 for 4096-byte pages; an
+ * XBZRLE body is at most a FULL page, 4097).
+ */
 export function maxRecordBytes(pageSize: number): number {
-  return RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(pageSize);
+  return RECORD_PREFIX_MAX_BYTES + Math.max(remusMaxEncodedBytes(pageSize), xbzrleMaxEncodedBytes(pageSize));
 }
 
 /** The smallest frame size that can carry any record of this page size. */
@@ -169,6 +174,7 @@ export function encodeAbortFrame(
   flags: number,
   code: string,
   message: string,
+  codec: number = CODEC_REMUS,
 ): Buffer {
   let payload = Buffer.from(JSON.stringify({ code, message }), 'utf8');
   let text = message;
@@ -183,7 +189,7 @@ export function encodeAbortFrame(
   const frame = Buffer.alloc(FRAME_HEADER_BYTES + payload.length);
   writeFrameHeader(frame, 0, {
     flags: (flags & FLAG_RESYNC) | FLAG_ABORT,
-    codec: CODEC_REMUS,
+    codec,
     pageShift,
     epoch,
     sequence,

@@ -149,7 +149,7 @@ function flagNames(flags: number): string[] {
 }
 
 /** Walk a frame's records (docs/FORMAT.md "Page records") and count them by type. */
-export function countRecords(payload: Uint8Array, recordCount: number, pageSize: number): { counts: RecordCounts; error?: string } {
+export function countRecords(payload: Uint8Array, recordCount: number, pageSize: number, codec = 1): { counts: RecordCounts; error?: string } {
   const counts: RecordCounts = { zero: 0, full: 0, empty: 0, delta: 0 };
   const pageWords = pageSize / 4;
   let pos = 0;
@@ -184,6 +184,26 @@ export function countRecords(payload: Uint8Array, recordCount: number, pageSize:
       counts.full++;
       continue;
     }
+    if (codec === 2) {
+      // XBZRLE (docs/FORMAT.md "Codec 2: xbzrle"): kind 0x01, ULEB128 length, the delta.
+      if (first !== 0x01) return fail(n, `unknown XBZRLE record kind 0x${first.toString(16)}`);
+      pos++;
+      let length = 0;
+      let scale = 1;
+      for (;;) {
+        if (pos >= payload.length) return fail(n, 'payload ends inside the delta length');
+        const b = payload[pos++];
+        length += (b & 0x7f) * scale;
+        if ((b & 0x80) === 0) break;
+        scale *= 0x80;
+        if (scale > 0x80 ** 3) return fail(n, 'delta length longer than 3 bytes');
+      }
+      if (length === 0 || length > pageSize) return fail(n, `delta length ${length} outside 1..${pageSize}`);
+      pos += length;
+      if (pos > payload.length) return fail(n, 'delta runs past the payload');
+      counts.delta++;
+      continue;
+    }
     let words = 0;
     while (words < pageWords) {
       if (pos >= payload.length) return fail(n, 'payload ends inside a delta');
@@ -207,7 +227,7 @@ function describeFrame(frame: Uint8Array, offset: number): FrameRow {
   const problems: string[] = [];
   const version = frame[FRAME_FIELD.version];
   if (version !== FRAME_VERSION) problems.push(`version ${version}`);
-  if (h.codec !== 1) problems.push(`codec ${h.codec}`);
+  if (h.codec !== 1 && h.codec !== 2) problems.push(`codec ${h.codec}`);
   if (h.pageShift < 9 || h.pageShift > 16) problems.push(`pageShift ${h.pageShift}`);
   const row: FrameRow = {
     offset,
@@ -234,7 +254,7 @@ function describeFrame(frame: Uint8Array, offset: number): FrameRow {
     return row;
   }
   if (problems.length === 0) {
-    const { counts, error } = countRecords(payload, h.recordCount, pageSize);
+    const { counts, error } = countRecords(payload, h.recordCount, pageSize, h.codec);
     row.records = counts;
     if (error !== undefined) row.recordError = error;
   }

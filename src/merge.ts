@@ -1,6 +1,6 @@
 import { ServiceError } from './errors.js';
 import { sealFrame, writeFrameHeader, type FrameHeader } from './frames.js';
-import { CODEC_REMUS, FLAG_LAST, FRAME_HEADER_BYTES } from './wire.js';
+import { FLAG_LAST, FRAME_HEADER_BYTES } from './wire.js';
 
 /**
  * Where finished frames go: the HTTP response, or a collector in tests and
@@ -22,6 +22,8 @@ export interface FrameFields {
   pageShift: number;
   /** RESYNC or 0; LAST is added by `finish`. */
   flags: number;
+  /** The stream's codec byte (CODEC_REMUS or CODEC_XBZRLE), the same in every frame of the epoch. */
+  codec: number;
 }
 
 /**
@@ -144,7 +146,7 @@ export class FrameAssembler {
     const start = this.slabStarts[this.slab];
     const header: FrameHeader = {
       flags: this.fields.flags | extraFlags,
-      codec: CODEC_REMUS,
+      codec: this.fields.codec,
       pageShift: this.fields.pageShift,
       epoch: this.fields.epoch,
       sequence: this.sequence++,

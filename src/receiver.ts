@@ -6,12 +6,14 @@
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
+import { decodeXbzrleBody, XBZRLE_DELTA, XBZRLE_FULL, XBZRLE_UNCHANGED } from './codec/xbzrle.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from './digest.js';
 import { readPfn, writePfn } from './epoch-record.js';
 import { CodecError, FrameError, ServiceError } from './errors.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
 import {
   CODEC_REMUS,
+  CODEC_XBZRLE,
   FLAG_ABORT,
   FLAG_LAST,
   FLAG_RESYNC,
@@ -425,6 +427,8 @@ export interface StagingState {
 class Staging {
   epoch: number | null = null;
   resync = false;
+  /** Codec byte of the staged epoch's frames (every frame of an epoch carries the same). */
+  codec = 0;
   nextSequence = 0;
   count = 0;
   pages: Uint8Array;
@@ -483,6 +487,7 @@ class Staging {
     this.count = 0;
     this.epoch = null;
     this.resync = false;
+    this.codec = 0;
     this.nextSequence = 0;
   }
 
@@ -596,7 +601,7 @@ export class Receiver {
       // leave the older staging as it was: trial-decode it first.
       this.decodeRecords(frame, h, true);
     }
-    const saved = { epoch: st.epoch, resync: st.resync, nextSequence: st.nextSequence, count: st.count };
+    const saved = { epoch: st.epoch, resync: st.resync, codec: st.codec, nextSequence: st.nextSequence, count: st.count };
     if (restart) st.reset();
     st.reserve(base + h.recordCount);
     try {
@@ -608,12 +613,14 @@ export class Receiver {
       if (!restart || saved.count === 0) {
         st.epoch = saved.epoch;
         st.resync = saved.resync;
+        st.codec = saved.codec;
         st.nextSequence = saved.nextSequence;
       }
       throw err;
     }
     st.epoch = h.epoch;
     st.resync = resync;
+    st.codec = h.codec;
     st.nextSequence = h.sequence + 1;
 
     const result: ApplyResult = { epoch: h.epoch, sequence: h.sequence, records: h.recordCount, committed: false, aborted: false };
@@ -641,8 +648,11 @@ export class Receiver {
     if ((h.flags & FLAG_ABORT) !== 0 && (h.flags & FLAG_LAST) !== 0) {
       throw new FrameError('FRAME_BAD_FLAGS', `flags 0x${h.flags.toString(16)} at byte ${FRAME_FIELD.flags} set both ABORT and LAST`);
     }
-    if (h.codec !== CODEC_REMUS) {
-      throw new FrameError('FRAME_BAD_CODEC', `codec ${h.codec} at byte ${FRAME_FIELD.codec}, expected ${CODEC_REMUS} (remus)`);
+    if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE) {
+      throw new FrameError(
+        'FRAME_BAD_CODEC',
+        `codec ${h.codec} at byte ${FRAME_FIELD.codec} is not supported by this receiver: expected ${CODEC_REMUS} (remus) or ${CODEC_XBZRLE} (xbzrle)`,
+      );
     }
     if (h.pageShift !== this.pageShift) {
       throw new FrameError(
@@ -712,6 +722,12 @@ export class Receiver {
         STATUS_CONFLICT,
       );
     }
+    if (h.codec !== st.codec) {
+      throw new FrameError(
+        'FRAME_BAD_CODEC',
+        `codec ${h.codec} at byte ${FRAME_FIELD.codec} on frame ${h.sequence} of epoch ${h.epoch}, but ${st.codec} on its frame 0: every frame of an epoch carries the same codec`,
+      );
+    }
     if (resync !== st.resync) {
       throw new FrameError(
         'FRAME_BAD_FLAGS',
@@ -738,6 +754,8 @@ export class Receiver {
       );
     }
     if (trial) this.scratchPfns.clear();
+    // Record type 1 is the page record of the frame's codec; ZERO (2) is shared.
+    const xbzrle = h.codec === CODEC_XBZRLE;
     let pos = FRAME_HEADER_BYTES;
     for (let r = 0; r < h.recordCount; r++) {
       const recordStart = pos;
@@ -772,16 +790,24 @@ export class Receiver {
         dst.fill(0, dstOffset, dstOffset + ps);
       } else {
         if (pos >= end) throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: the payload ends before its body`);
-        // Anything but FULL is a delta against the committed page, which is
-        // copied into staging first so the image stays untouched.
-        if (frame[pos] !== FULL_PAGE && !this.image.read(pfn, dst, dstOffset)) {
+        const kind = frame[pos];
+        if (xbzrle && kind !== XBZRLE_UNCHANGED && kind !== XBZRLE_DELTA && kind !== XBZRLE_FULL) {
+          throw new FrameError(
+            'FRAME_BAD_RECORD',
+            `${where}: record ${r} (pfn ${pfn}) at byte ${recordStart}: XBZRLE_BAD_KIND: kind 0x${kind.toString(16)} at byte ${pos}, expected 0x00, 0x01 or 0x80`,
+          );
+        }
+        // Anything but FULL (0x80 under both codecs) is a delta against the
+        // committed page, which is copied into staging first so the image
+        // stays untouched.
+        if (kind !== FULL_PAGE && !this.image.read(pfn, dst, dstOffset)) {
           throw new FrameError(
             'FRAME_DELTA_WITHOUT_BASE',
             `${where}: record ${r} at byte ${recordStart} is a delta for pfn ${pfn}, which the image does not hold`,
           );
         }
         try {
-          pos = decodeRemusPage(frame, pos, end, dst, dstOffset, ps);
+          pos = xbzrle ? decodeXbzrleBody(frame, pos, end, dst, dstOffset, ps) : decodeRemusPage(frame, pos, end, dst, dstOffset, ps);
         } catch (err) {
           if (err instanceof CodecError) {
             throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} (pfn ${pfn}) at byte ${recordStart}: ${err.code}: ${err.message}`);

@@ -48,7 +48,7 @@ export interface ReplaySummary {
   imageEqual: boolean;
 }
 
-type StreamInfoConfig = Record<string, number>;
+type StreamInfoConfig = Record<string, number | string>;
 
 /**
  * Replay a trace through a sender and a receiver on loopback, exactly as a
@@ -65,6 +65,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     frameBytes: options.frameBytes,
     pfnLimit: options.pfnLimit,
     maxEpochBytes: options.maxEpochBytes,
+    codec: options.codec,
   };
   const poolWorkers = options.poolWorkers ?? options.workers;
   const apps: FastifyInstance[] = [];

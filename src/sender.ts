@@ -3,7 +3,7 @@ import { ServiceError } from './errors.js';
 import { minFrameBytes } from './frames.js';
 import { Stream, type StreamConfig, type StreamHost } from './stream.js';
 import { WorkerPool } from './worker-pool.js';
-import { MAX_FRAME_BYTES, PFN_LIMIT, pageShiftOf } from './wire.js';
+import { CODEC_NAMES, MAX_FRAME_BYTES, PFN_LIMIT, pageShiftOf, type CodecName } from './wire.js';
 
 export interface SenderOptions {
   /** Encoding worker threads shared by all streams (default: cores, at most 4). */
@@ -39,6 +39,8 @@ export const DEFAULT_EPOCHS_PER_WORKER = 2;
 export const OVERLOADED_RETRY_AFTER_S = 1;
 /** Retry-After (seconds) on MEMORY_BUDGET_EXCEEDED: memory comes back only when a stream is deleted. */
 export const MEMORY_RETRY_AFTER_S = 5;
+
+export const DEFAULT_CODEC: CodecName = 'remus';
 
 export type StreamRequest = Partial<Omit<StreamConfig, 'partitions'>> & { workers?: number };
 
@@ -130,6 +132,7 @@ export class Sender implements StreamHost {
       frameBytes: request.frameBytes ?? DEFAULT_FRAME_BYTES,
       pfnLimit: request.pfnLimit ?? PFN_LIMIT,
       maxEpochBytes: request.maxEpochBytes ?? this.maxEpochBytes,
+      codec: request.codec ?? DEFAULT_CODEC,
     };
     const bad = (field: string, why: string): never => {
       throw new ServiceError('INVALID_CONFIG', `${field} ${why}`);
@@ -148,6 +151,9 @@ export class Sender implements StreamHost {
     }
     if (!Number.isInteger(config.maxEpochBytes) || config.maxEpochBytes < 16 || config.maxEpochBytes > this.maxEpochBytes) {
       bad('maxEpochBytes', `must be from 16 to the service limit ${this.maxEpochBytes}, got ${config.maxEpochBytes}`);
+    }
+    if (!(CODEC_NAMES as readonly unknown[]).includes(config.codec)) {
+      bad('codec', `must be one of ${CODEC_NAMES.map((c) => `'${c}'`).join(', ')}, got ${JSON.stringify(config.codec)}`);
     }
     return config;
   }

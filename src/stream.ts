@@ -1,13 +1,12 @@
-import { remusMaxEncodedBytes } from './codec/remus.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest } from './digest.js';
 import { EpochBodyReader, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
 import { ServiceError } from './errors.js';
-import { encodeAbortFrame } from './frames.js';
+import { encodeAbortFrame, maxRecordBytes } from './frames.js';
 import { FrameAssembler, type FrameSink } from './merge.js';
 import { BatchSharder } from './sharding.js';
 import type { WorkerPool } from './worker-pool.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask } from '../workers/protocol.js';
-import { FLAG_RESYNC, RECORD_PREFIX_MAX_BYTES, pageShiftOf } from './wire.js';
+import { FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
 
 export interface StreamConfig {
   pageSize: number;
@@ -21,6 +20,8 @@ export interface StreamConfig {
   pfnLimit: number;
   /** Largest epoch body accepted. */
   maxEpochBytes: number;
+  /** Page encoding of the stream's frames: the seed's (remus, codec 1) or QEMU's XBZRLE (codec 2). */
+  codec: CodecName;
 }
 
 /** QEMU's XBZRLE counters, plus ours. */
@@ -308,6 +309,7 @@ export class Stream implements InputSlabProvider {
         epoch: meta.epoch,
         pageShift: this.pageShift,
         flags: resync ? FLAG_RESYNC : 0,
+        codec: codecByte(this.config.codec),
       });
       this.assembler = assembler;
       const encodeStarted = process.hrtime.bigint();
@@ -407,6 +409,7 @@ export class Stream implements InputSlabProvider {
         stream: this.id,
         partition: p,
         pageSize,
+        codec: codecByte(this.config.codec),
         slotCount: this.slotCount(p),
         input: this.input,
         pfnOffset: meta.layout.pfnOffset,
@@ -510,7 +513,7 @@ export class Stream implements InputSlabProvider {
     // request included): the ABORT frame goes after them, and the slabs are
     // reused only once they are released.
     if (!(await assembler.settle())) return; // the client is gone: nobody to tell
-    const frame = encodeAbortFrame(epoch, assembler.framesWritten, this.pageShift, resync ? FLAG_RESYNC : 0, failure.code, failure.message);
+    const frame = encodeAbortFrame(epoch, assembler.framesWritten, this.pageShift, resync ? FLAG_RESYNC : 0, failure.code, failure.message, codecByte(this.config.codec));
     await new Promise<void>((resolve) => sink.write(frame, () => resolve()));
   }
 
@@ -638,15 +641,15 @@ interface SlabLayout {
 function slabLayout(config: StreamConfig): SlabLayout {
   const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
   const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
-  const maxRecordBytes = RECORD_PREFIX_MAX_BYTES + remusMaxEncodedBytes(config.pageSize);
-  const regionBytes = batchPages * maxRecordBytes;
+  const recordBytes = maxRecordBytes(config.pageSize);
+  const regionBytes = batchPages * recordBytes;
   // Frame slabs start on 4 KiB boundaries so page payloads copied into them
   // keep a page-friendly alignment.
   const framesStart = alignUp(BATCH_RING * regionBytes, 4096);
   const slabStride = alignUp(config.frameBytes, 4096);
   return {
     batchPages,
-    maxRecordBytes,
+    maxRecordBytes: recordBytes,
     framesStart,
     slabStride,
     workBytes: framesStart + FRAME_SLABS * slabStride,

@@ -16,9 +16,19 @@ export const FLAG_RESYNC = 0x02;
 export const FLAG_ABORT = 0x04;
 export const KNOWN_FLAGS = FLAG_LAST | FLAG_RESYNC | FLAG_ABORT;
 
+/** Codec byte of a frame: how its page records are encoded (docs/FORMAT.md). */
 export const CODEC_REMUS = 1;
+export const CODEC_XBZRLE = 2;
+/** A stream's codec as the API names it, and its codec byte. */
+export const CODEC_NAMES = ['remus', 'xbzrle'] as const;
+export type CodecName = (typeof CODEC_NAMES)[number];
+export function codecByte(name: CodecName): number {
+  return name === 'xbzrle' ? CODEC_XBZRLE : CODEC_REMUS;
+}
 
+/** Record types: 1 is the page record of the frame's codec (REMUS under codec 1, XBZRLE under codec 2); 2 is ZERO under both. */
 export const RECORD_REMUS = 1;
+export const RECORD_XBZRLE = 1;
 export const RECORD_ZERO = 2;
 
 /** Page frame numbers are below 2^48: any x86-64 physical or virtual page number fits. */

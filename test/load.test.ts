@@ -47,7 +47,7 @@ async function start(options: SenderOptions): Promise<{ client: SenderClient; ur
 }
 
 function config(overrides: Partial<StreamConfig> = {}): StreamConfig {
-  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, ...overrides };
+  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, codec: 'remus', ...overrides };
 }
 
 async function waitUntil(what: string, check: () => boolean | Promise<boolean>): Promise<void> {

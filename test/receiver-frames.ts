@@ -98,6 +98,8 @@ export interface EpochFramesOptions {
   /** Override the LAST frame's count or digest, to test the receiver's refusal. */
   epochPageCount?: number;
   epochDigest?: Uint8Array;
+  /** Frame codec byte (default CODEC_REMUS). */
+  codec?: number;
 }
 
 /** The frames of one epoch: records split `recordsPerFrame` to a frame, the last frame LAST. */
@@ -114,6 +116,7 @@ export function epochFrames(records: RecordSpec[], options: EpochFramesOptions):
         {
           epoch: options.epoch,
           sequence: frames.length,
+          codec: options.codec,
           flags: resync | (last ? FLAG_LAST : 0),
           recordCount: chunk.length,
           epochPageCount: last ? (options.epochPageCount ?? records.length) : 0,

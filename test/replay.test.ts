@@ -70,6 +70,19 @@ describe('npm run replay', () => {
     expect(summary.imageEqual).toBe(true);
   });
 
+  it('--codec xbzrle replays through codec 2 exactly', async () => {
+    const { stdout } = await run('node', [join(root, 'dist', 'src', 'cli.js'), 'replay', generated, '--json', '--workers', '1', '--cache-bytes', '1MiB', '--codec', 'xbzrle'], {
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    const summary = JSON.parse(stdout) as ReplaySummary;
+    expect(summary.config.codec).toBe('xbzrle');
+    expect(summary.imageEqual).toBe(true);
+    expect(summary.digestEqual).toBe(true);
+    const failure = await run('node', [join(root, 'dist', 'src', 'cli.js'), 'replay', generated, '--codec', 'lz4']).catch((e: unknown) => e);
+    expect(failure).toMatchObject({ code: 2 });
+    expect((failure as { stderr: string }).stderr).toContain('--codec');
+  });
+
   it('exits with a usage error naming a bad option', async () => {
     const failure = await run('node', [join(root, 'dist', 'src', 'cli.js'), 'replay', generated, '--cache-bytes', 'lots']).catch((e: unknown) => e);
     expect(failure).toMatchObject({ code: 2 });

@@ -441,6 +441,7 @@ describe('POST /v1/streams', () => {
       frameBytes: 1024 * 1024,
       pfnLimit: 2 ** 48,
       maxEpochBytes: 1024 * 1024 * 1024,
+      codec: 'remus',
     });
     expect(info.nextEpoch).toBe(0);
     expect(info.busy).toBe(false);
@@ -468,6 +469,8 @@ describe('POST /v1/streams', () => {
     ['pfnLimit above 2^48', { pfnLimit: PFN_LIMIT + 1 }, 'pfnLimit'],
     ['maxEpochBytes above the service limit', { maxEpochBytes: 1024 * 1024 * 1024 + 1 }, 'maxEpochBytes'],
     ['an unknown field', { pageSize: 4096, cacheBytez: 1 }, 'cacheBytez'],
+    ['an unknown codec', { codec: 'lz4' }, 'codec'],
+    ['a codec in the wrong case', { codec: 'XBZRLE' }, 'codec'],
   ];
   for (const [name, body, field] of invalid) {
     it(`refuses ${name} with 400 naming ${field}`, async () => {
@@ -476,6 +479,7 @@ describe('POST /v1/streams', () => {
       expect(answer.status).toBe(400);
       expect(answer.json).toMatchObject({ statusCode: 400 });
       expect(typeof answer.json?.code).toBe('string');
+      if (field === 'codec') expect(answer.json?.code).toBe('INVALID_CONFIG');
       expect(String(answer.json?.message)).toContain(field);
       const streamsAfter = (await fetchJson('GET', '/v1/streams')).json as unknown as unknown[];
       expect(streamsAfter.length).toBe(streamsBefore.length);
@@ -494,6 +498,8 @@ describe('POST /v1/streams', () => {
       { pfnLimit: 1 },
       { pfnLimit: PFN_LIMIT },
       { maxEpochBytes: 1024 * 1024 * 1024 },
+      { codec: 'remus' },
+      { codec: 'xbzrle' },
     ];
     for (const config of valid) {
       const stream = await sender.createStream(config);

@@ -4,7 +4,8 @@ import type { EncodeResult, EncodeTask, InvalidateTask, WorkerData, WorkerTask }
 import { encodeRemusDelta, encodeRemusFull, isZeroPage } from '../src/codec/remus.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, hashDigestGroup } from '../src/digest.js';
 import { readPfn, KIND_RAW } from '../src/epoch-record.js';
-import { RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+import { encodeXbzrleBody, XBZRLE_FULL, XBZRLE_UNCHANGED } from '../src/codec/xbzrle.js';
+import { CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
 
 /**
  * The piscina worker. Each worker runs in a single-thread pool of its own and
@@ -41,6 +42,9 @@ function encode(task: EncodeTask): EncodeResult {
   const { pageSize, pfnOffset, kindOffset, pageOffset } = task;
   const words = pageSize / 4;
   const slab = part.slab;
+  // One byte view of the cache per task, for the byte-granular XBZRLE codec.
+  const xbzrle = task.codec === CODEC_XBZRLE;
+  const slab8 = new Uint8Array(slab.buffer, slab.byteOffset, slab.byteLength);
   const result: EncodeResult = {
     end: 0, cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0,
     unchangedPages: 0, overflows: 0, cachedPages: 0, busyNs: 0,
@@ -60,6 +64,10 @@ function encode(task: EncodeTask): EncodeResult {
     const typePos = pos++;
     pos = writeUleb128(work8, pos, pfn);
 
+    // Both codecs share the cache, zero-page, raw-page and miss logic; a
+    // FULL body (0x80, then the page) is the same bytes under both. Only a
+    // cache hit is encoded differently. The record type of a page body is 1
+    // under both codecs (RECORD_REMUS = RECORD_XBZRLE).
     if (input8[kindOffset + i] === KIND_RAW) {
       // Raw pages (page tables) are sent as they are and leave the cache,
       // exactly as the seed invalidates them.
@@ -78,7 +86,21 @@ function encode(task: EncodeTask): EncodeResult {
     } else {
       work8[typePos] = RECORD_REMUS;
       let slot = part.lookup(pfn);
-      if (slot >= 0) {
+      if (slot >= 0 && xbzrle) {
+        // QEMU's save_xbzrle_page: the encoder leaves the cached copy alone;
+        // it becomes the new page whenever the page changed (a delta, or an
+        // overflow sent FULL), which is what the receiver then holds.
+        const bodyStart = pos;
+        pos = encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, work8, pos);
+        result.cacheHits++;
+        const kind = work8[bodyStart];
+        if (kind === XBZRLE_UNCHANGED) {
+          result.unchangedPages++;
+        } else {
+          copyWords(input32, pageWord, slab, slot * words, words);
+          if (kind === XBZRLE_FULL) result.overflows++;
+        }
+      } else if (slot >= 0) {
         const bodyStart = pos;
         pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, work8, pos);
         result.cacheHits++;

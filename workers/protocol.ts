@@ -10,6 +10,8 @@ export interface EncodeTask {
   stream: string;
   partition: number;
   pageSize: number;
+  /** Codec byte of the stream (CODEC_REMUS or CODEC_XBZRLE): how the page records are encoded. */
+  codec: number;
   /** Cache pages this partition may hold (fixed for the stream's life). */
   slotCount: number;
   /** The epoch record as received (TRACE.md layout). */
@@ -67,7 +69,7 @@ export interface EncodeResult {
   rawPages: number;
   /** Hits whose page had not changed (one-byte EMPTY record). */
   unchangedPages: number;
-  /** Hits whose delta was not smaller than a FULL record. */
+  /** Hits whose delta was not smaller than a FULL record (remus), or that XBZRLE could not encode within its limit and sent FULL. */
   overflows: number;
   /** Pages held by this partition after the task. */
   cachedPages: number;

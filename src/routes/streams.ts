@@ -25,6 +25,7 @@ const configSchema = {
     frameBytes: { type: 'integer', description: 'Largest frame, header included (at most 16 MiB)' },
     pfnLimit: { type: 'integer', description: 'pfns must be below this' },
     maxEpochBytes: { type: 'integer', description: 'Largest epoch body accepted' },
+    codec: { type: 'string', description: "Page encoding: 'remus' (the seed's, frame codec 1; the default) or 'xbzrle' (QEMU's XBZRLE, frame codec 2)" },
   },
 } as const;
 
@@ -259,7 +260,7 @@ function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
 }
 
 /** The configuration as the API names it (partitions are "workers" to a client). */
-function publicConfig(config: StreamConfig): Record<string, number> {
+function publicConfig(config: StreamConfig): Record<string, number | string> {
   const { partitions, ...rest } = config;
   return { ...rest, workers: partitions };
 }
