@@ -453,6 +453,15 @@ describe('POST /v1/streams', () => {
     await sender.deleteStream(info.id);
   });
 
+  it('creates a stream with every default when the request has no body at all', async () => {
+    const created = await fetchJson('POST', '/v1/streams');
+    expect(created.status).toBe(201);
+    const info = created.json as unknown as StreamInfo;
+    expect(info.config.cacheBytes).toBe(33554432);
+    expect(info.config.codec).toBe('remus');
+    await sender.deleteStream(info.id);
+  });
+
   const minFrame4k = minFrameBytes(4096);
   const invalid: [string, Record<string, unknown>, string][] = [
     ['pageSize not a power of two', { pageSize: 3000 }, 'pageSize'],

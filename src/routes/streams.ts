@@ -87,9 +87,14 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
         body: { ...configSchema, additionalProperties: false },
         response: { 201: streamSchema, 400: errorSchema, 503: errorSchema },
       },
+      // Every field has a default, so no body at all means "all defaults"
+      // (the schema would otherwise refuse a missing body as not an object).
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
     },
     async (request, reply) => {
-      const stream = sender.create(request.body ?? {});
+      const stream = sender.create(request.body);
       options.metrics?.track(stream);
       request.log.info({ stream: stream.id, event: 'create', config: publicConfig(stream.config) }, 'stream created');
       return reply.code(201).send({ ...stream.describe(), config: publicConfig(stream.config) });
@@ -215,6 +220,10 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
           'epoch failed',
         );
         if (reply.sent || reply.raw.headersSent) {
+          // The answer ended with an ABORT frame. A client still uploading
+          // the rest of a body nobody will read would stall on a kept-alive
+          // connection: close it once the answer is out.
+          if (!request.raw.complete) reply.raw.once('finish', () => request.raw.socket?.destroy());
           reply.raw.end();
           return reply;
         }
