@@ -48,7 +48,11 @@ export async function runFuzz(seconds: number, seed: number): Promise<FuzzSummar
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { seconds: { type: 'string' }, seed: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({ options: { seconds: { type: 'string' }, seed: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  if (values.help) {
+    console.log('Usage: node dist/bench/fuzz.js [--seconds 30] [--seed N]   (exits 1 on a counterexample)');
+    return 0;
+  }
   const seconds = Number(values.seconds ?? '30');
   if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 24 * 3600) throw new Error(`--seconds must be a positive number, got ${values.seconds}`);
   const seed = values.seed === undefined ? Date.now() | 0 : Number(values.seed);

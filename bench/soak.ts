@@ -464,9 +464,18 @@ async function main(): Promise<number> {
       'max-concurrent-epochs': { type: 'string' },
       seed: { type: 'string' },
       json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
     },
     strict: true,
   });
+  if (values.help) {
+    console.log(
+      'Usage: node dist/bench/soak.js [--streams 8] [--seconds 60] [--max-epochs N] [--workers 2] [--pages 2048]\n' +
+        '                                [--fault-rate 0.1] [--max-concurrent-epochs N] [--seed 1] [--json]\n' +
+        'Exits 1 unless every image verified equal.',
+    );
+    return 0;
+  }
   const num = (name: string, text: string | undefined, fallback: number, min: number, max: number): number => {
     const n = text === undefined ? fallback : Number(text);
     if (!Number.isFinite(n) || n < min || n > max) throw new Error(`--${name} must be from ${min} to ${max}, got ${text}`);
