@@ -3,7 +3,10 @@
  * epoch records and a sink that drops frames. With bench/load.ts (the same
  * epochs over loopback HTTP) it shows what HTTP and the client cost.
  *
- *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12]
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N]
+ *
+ * `--cache-bytes 0` makes every page a miss, sent FULL: what epoch 0 and cold
+ * pages cost.
  */
 import { parseArgs } from 'node:util';
 import { Sender } from '../src/sender.js';
@@ -12,7 +15,12 @@ import { makeEpochs } from './load.js';
 
 const PAGE_SIZE = 4096;
 const { values } = parseArgs({
-  options: { workers: { type: 'string', default: '1,2' }, mib: { type: 'string', default: '32' }, epochs: { type: 'string', default: '12' } },
+  options: {
+    workers: { type: 'string', default: '1,2' },
+    mib: { type: 'string', default: '32' },
+    epochs: { type: 'string', default: '12' },
+    'cache-bytes': { type: 'string' },
+  },
 });
 const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
 const records = makeEpochs(1, pages, Number(values.epochs));
@@ -24,7 +32,8 @@ async function* once(record: Uint8Array): AsyncGenerator<Uint8Array> {
 
 for (const workers of values.workers.split(',').map(Number)) {
   const sender = new Sender({ workers });
-  const stream = sender.create({ workers });
+  const cacheBytes = values['cache-bytes'] === undefined ? undefined : Number(values['cache-bytes']);
+  const stream = sender.create({ workers, cacheBytes });
   const rates: number[] = [];
   for (const record of records) {
     const started = process.hrtime.bigint();
@@ -34,6 +43,6 @@ for (const workers of values.workers.split(',').map(Number)) {
     if (summary.epoch >= 2) rates.push(summary.bytesIn / seconds / 1e9);
   }
   rates.sort((a, b) => a - b);
-  console.log(`${workers} worker(s), ${values.mib} MiB epochs: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs`);
+  console.log(`${workers} worker(s), ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs`);
   await sender.close();
 }

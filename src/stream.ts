@@ -111,14 +111,21 @@ export class Stream implements InputSlabProvider {
   private readonly maxRecordBytes: number;
   private readonly sharder: BatchSharder;
 
-  /** Batch record regions, then the frame slabs. */
-  private readonly work: SharedArrayBuffer;
-  private readonly work8: Uint8Array;
+  /**
+   * One SharedArrayBuffer for the batch record regions and the frame slabs
+   * (the first `workBytes`), then the input slab (the epoch record as
+   * received). One buffer, so that a worker copies a FULL page from the
+   * input into its record, and the merge copies records into frames, with
+   * copyWithin: native, and no view per page.
+   */
+  private arena: SharedArrayBuffer;
+  private arena8: Uint8Array;
+  private readonly workBytes: number;
+  /** The input slab: the arena after `workBytes`. */
+  private input8: Uint8Array;
   private readonly frameSlabStarts: number[];
   private readonly indices: SharedArrayBuffer;
   private readonly indices32: Int32Array;
-  private input = new SharedArrayBuffer(0);
-  private input8 = new Uint8Array(this.input);
   private records = new SharedArrayBuffer(0);
   private records32 = new Int32Array(this.records);
   private groupHashes = new SharedArrayBuffer(0);
@@ -155,8 +162,10 @@ export class Stream implements InputSlabProvider {
     this.batchPages = layout.batchPages;
     this.maxRecordBytes = layout.maxRecordBytes;
     this.sharder = new BatchSharder(config.partitions, this.batchPages);
-    this.work = new SharedArrayBuffer(layout.workBytes);
-    this.work8 = new Uint8Array(this.work);
+    this.workBytes = layout.workBytes;
+    this.arena = new SharedArrayBuffer(layout.workBytes);
+    this.arena8 = new Uint8Array(this.arena);
+    this.input8 = new Uint8Array(this.arena, this.workBytes, 0);
     this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => layout.framesStart + i * layout.slabStride);
     this.indices = new SharedArrayBuffer(layout.indexBytes);
     this.indices32 = new Int32Array(this.indices);
@@ -196,7 +205,7 @@ export class Stream implements InputSlabProvider {
   /** Bytes of memory this stream holds on the main thread (slabs), for budgets and metrics. */
   get slabBytes(): number {
     return (
-      this.work.byteLength + this.indices.byteLength + this.input.byteLength + this.records.byteLength +
+      this.arena.byteLength + this.indices.byteLength + this.records.byteLength +
       this.groupHashes.byteLength + this.scratch.byteLength + this.lastPfns.byteLength
     );
   }
@@ -221,12 +230,16 @@ export class Stream implements InputSlabProvider {
   // InputSlabProvider: called by the body reader once the epoch header has
   // been accepted, before any page is read: an epoch the memory budget cannot
   // hold is refused there and changes nothing.
+  // The arena is replaced between epochs only: the previous epoch's frames
+  // have all been released and no task of it is running.
   inputSlab(bytes: number): Uint8Array {
-    if (this.input.byteLength < bytes) {
+    const capacity = this.input8.byteLength;
+    if (capacity < bytes) {
       const wanted = Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes));
-      const size = this.reserve(this.input.byteLength, bytes, wanted, 'input slab');
-      this.input = new SharedArrayBuffer(size);
-      this.input8 = new Uint8Array(this.input);
+      const size = this.reserve(capacity, bytes, wanted, 'input slab');
+      this.arena = new SharedArrayBuffer(this.workBytes + size);
+      this.arena8 = new Uint8Array(this.arena);
+      this.input8 = new Uint8Array(this.arena, this.workBytes, size);
     }
     return this.input8;
   }
@@ -305,7 +318,7 @@ export class Stream implements InputSlabProvider {
       this.ensureEpochSlabs(count);
       // Counters of this epoch, added to the stream's only when it commits.
       const pass = emptyEncodeCounters();
-      assembler = new FrameAssembler(this.work8, this.frameSlabStarts, this.config.frameBytes, sink, {
+      assembler = new FrameAssembler(this.arena8, this.frameSlabStarts, this.config.frameBytes, sink, {
         epoch: meta.epoch,
         pageShift: this.pageShift,
         flags: resync ? FLAG_RESYNC : 0,
@@ -363,7 +376,7 @@ export class Stream implements InputSlabProvider {
       // short body, an abort while waiting for it) left the stream as it
       // was; one that got further is aborted and its pages leave the cache.
       if (meta !== null && dispatched) {
-        await this.invalidate(this.input, meta.layout.pfnOffset, meta.count);
+        await this.invalidate(this.arena, this.workBytes + meta.layout.pfnOffset, meta.count);
         this.stats.epochsAborted++;
       }
       if (assembler !== null && assembler.started && meta !== null) {
@@ -411,14 +424,15 @@ export class Stream implements InputSlabProvider {
         pageSize,
         codec: codecByte(this.config.codec),
         slotCount: this.slotCount(p),
-        input: this.input,
-        pfnOffset: meta.layout.pfnOffset,
-        kindOffset: meta.layout.kindOffset,
-        pageOffset: meta.layout.pageOffset,
+        // Offsets in the arena: the input slab starts after the work regions.
+        input: this.arena,
+        pfnOffset: this.workBytes + meta.layout.pfnOffset,
+        kindOffset: this.workBytes + meta.layout.kindOffset,
+        pageOffset: this.workBytes + meta.layout.pageOffset,
         indices: this.indices,
         indexStart,
         indexCount,
-        work: this.work,
+        work: this.arena,
         outStart,
         outLimit: outStart + indexCount * this.maxRecordBytes,
         records: this.records,

@@ -346,6 +346,25 @@ describe('encodeRemusFull', () => {
     expectGuardsIntact(buf, offset, PAGE);
   });
 
+  it('copies the same bytes when source and output view one buffer (the native copyWithin path)', () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 64 }), fc.nat({ max: 64 }), fc.nat({ max: 64 }), fc.integer({ min: 1, max: 2 ** 31 }), (srcView, outView, gap, seed) => {
+        // One shared buffer: [srcView pad | page | gap | output region], viewed through two arrays with different byteOffsets.
+        const page = pageBytes(randomPage(seed));
+        const buffer = new SharedArrayBuffer(srcView + PAGE + gap + outView + PAGE + 1 + 16);
+        const src = new Uint8Array(buffer, srcView);
+        src.set(page, 0);
+        const out = new Uint8Array(buffer, srcView + PAGE + gap);
+        const end = encodeRemusFull(src, 0, PAGE, out, outView);
+        expect(end).toBe(outView + 1 + PAGE);
+        expect(out[outView]).toBe(0x80);
+        expect(Buffer.from(out.subarray(outView + 1, end)).equals(Buffer.from(page))).toBe(true);
+        expect(Buffer.from(src.subarray(0, PAGE)).equals(Buffer.from(page))).toBe(true);
+      }),
+      { numRuns: 50 },
+    );
+  });
+
   it('refuses ranges outside its arrays', () => {
     expect(() => encodeRemusFull(new Uint8Array(PAGE), 1, PAGE, new Uint8Array(5000), 0)).toThrow(RangeError);
     expect(() => encodeRemusFull(new Uint8Array(PAGE), 0, PAGE, new Uint8Array(4097), 1)).toThrow(RangeError);

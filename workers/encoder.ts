@@ -36,7 +36,8 @@ function encode(task: EncodeTask): EncodeResult {
   const part = partitionFor(task);
   const input8 = new Uint8Array(task.input);
   const input32 = new Uint32Array(task.input);
-  const work8 = new Uint8Array(task.work);
+  // The service passes one arena for both (so FULL pages copy natively); the kernel bench may not.
+  const work8 = task.work === task.input ? input8 : new Uint8Array(task.work);
   const indices = new Int32Array(task.indices, task.indexStart * 4, task.indexCount);
   const records = new Int32Array(task.records);
   const { pageSize, pfnOffset, kindOffset, pageOffset } = task;

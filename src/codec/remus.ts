@@ -107,8 +107,20 @@ function viewForRead(a: Uint8Array): DataView<ArrayBufferLike> {
   return readView;
 }
 
-/** Copy src[srcPos, srcPos+n) to dst[dstPos..], a word at a time; callers have checked both ranges. */
+/**
+ * Copy src[srcPos, srcPos+n) to dst[dstPos..]; callers have checked both
+ * ranges. Views of one buffer copy natively with copyWithin (a memmove, no
+ * allocation): the service keeps a stream's input and its records in one
+ * SharedArrayBuffer for this. Otherwise a word at a time through DataViews.
+ */
 function copyBytes(src: Uint8Array, srcPos: number, dst: Uint8Array, dstPos: number, n: number): void {
+  if (src.buffer === dst.buffer) {
+    const from = src.byteOffset + srcPos - dst.byteOffset;
+    if (from >= 0 && from + n <= dst.length) {
+      dst.copyWithin(dstPos, from, from + n);
+      return;
+    }
+  }
   const sv = viewForRead(src);
   const dv = viewForWrite(dst);
   const wordBytes = n - (n & (BYTES_PER_WORD - 1));
