@@ -219,11 +219,8 @@ class Controller {
       }
       case 'reject-frame': {
         const n = await this.nextEpoch();
-        let frames: Buffer;
-        try {
-          frames = await this.ctx.senderClient.sendEpochCollect(this.streamId, this.record(n, data));
-        } catch (err) {
-          await this.failure(err);
+        const frames = await this.collect(n, data);
+        if (frames === null) {
           await this.ship(data);
           return;
         }
@@ -319,13 +316,8 @@ class Controller {
   private async ship(data: GeneratedEpoch): Promise<number> {
     for (let attempt = 0; attempt < 50; attempt++) {
       const n = await this.nextEpoch();
-      let frames: Buffer;
-      try {
-        frames = await this.ctx.senderClient.sendEpochCollect(this.streamId, this.record(n, data));
-      } catch (err) {
-        await this.failure(err);
-        continue;
-      }
+      const frames = await this.collect(n, data);
+      if (frames === null) continue;
       this.ctx.report.epochsSent++;
       const applied = await this.ctx.receiverClient.postFrames(this.imageId, frames);
       if (applied.committedEpoch === n) {
@@ -338,6 +330,16 @@ class Controller {
       this.ctx.report.epochsRetried++;
     }
     throw new Error(`stream ${this.index}: an epoch failed 50 times`);
+  }
+
+  /** Send `data` as epoch `n` and collect its frames; null when the sender refused or failed it (counted by `failure`). */
+  private async collect(n: number, data: GeneratedEpoch): Promise<Buffer | null> {
+    try {
+      return await this.ctx.senderClient.sendEpochCollect(this.streamId, this.record(n, data));
+    } catch (err) {
+      await this.failure(err);
+      return null;
+    }
   }
 
   /** An epoch refused or failed: count it, and wait a little when the service is shedding load or the stream is still busy. */
