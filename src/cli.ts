@@ -9,6 +9,7 @@ import { formatInspect, inspectFile, reportHasErrors } from './inspect.js';
 import { ProgressBar } from './progress.js';
 import { runReceive } from './receive-cli.js';
 import { formatReplay, replay } from './replay.js';
+import { CODEC_NAMES, isCodecName } from './wire.js';
 import { DEFAULT_EPOCHS_PER_WORKER, DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET_BYTES } from './sender.js';
 
 /** Exit status for a usage or configuration error. */
@@ -63,7 +64,8 @@ Options:
   --workers N          cache partitions and worker threads (default: cores, max 4)
   --cache-bytes N      delta cache budget, bytes or 32MiB (default 32MiB)
   --frame-bytes N      largest frame (default 1MiB, at most 16MiB)
-  --codec NAME         page encoding: remus (default) or xbzrle (QEMU's XBZRLE)
+  --codec NAME         page encoding: remus-zstd (default: the seed's records in
+                       zstd chunks), remus (the seed's) or xbzrle (QEMU's XBZRLE)
   --json               print one JSON object on stdout and nothing else
   -h, --help           this help
 
@@ -255,8 +257,8 @@ async function replayCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError('replay takes exactly one trace file');
   const codec = values.codec;
-  if (codec !== undefined && codec !== 'remus' && codec !== 'xbzrle') {
-    throw new UsageError(`--codec: expected remus or xbzrle, got ${JSON.stringify(codec)}`);
+  if (codec !== undefined && !isCodecName(codec)) {
+    throw new UsageError(`--codec: expected ${CODEC_NAMES.join(', ')}, got ${JSON.stringify(codec)}`);
   }
   const json = values.json === true;
   // A bar redrawn in place when a person watches; a line per epoch in logs.

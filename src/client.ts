@@ -1,5 +1,6 @@
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from './content-types.js';
 import type { EpochSummary } from './stream.js';
+import type { CodecName } from './wire.js';
 
 /**
  * A small typed client for controllers written in TypeScript, over Node's
@@ -26,8 +27,8 @@ export interface StreamConfigRequest {
   frameBytes?: number;
   pfnLimit?: number;
   maxEpochBytes?: number;
-  /** Page encoding: 'remus' (default, frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2). */
-  codec?: 'remus' | 'xbzrle';
+  /** Page encoding: 'remus-zstd' (default, frame codec 3), 'remus' (frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2). */
+  codec?: CodecName;
 }
 
 /** What the sender reports of an epoch it completed. */

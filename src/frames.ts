@@ -12,6 +12,7 @@ import {
   FLAG_ABORT,
   FLAG_LAST,
   FLAG_RESYNC,
+  CHUNK_OVERHEAD_BYTES,
   CODEC_REMUS,
   FRAME_CRC_OFFSET,
   FRAME_HEADER_BYTES,
@@ -157,9 +158,9 @@ export function maxRecordBytes(pageSize: number): number {
   return RECORD_PREFIX_MAX_BYTES + Math.max(remusMaxEncodedBytes(pageSize), xbzrleMaxEncodedBytes(pageSize));
 }
 
-/** The smallest frame size that can carry any record of this page size. */
+/** The smallest frame size that can carry any record of this page size, alone or in a chunk of one (codec 3). */
 export function minFrameBytes(pageSize: number): number {
-  return FRAME_HEADER_BYTES + maxRecordBytes(pageSize);
+  return FRAME_HEADER_BYTES + CHUNK_OVERHEAD_BYTES + maxRecordBytes(pageSize);
 }
 
 /**

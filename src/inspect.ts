@@ -9,7 +9,11 @@ import { KIND_RAW } from './epoch-record.js';
 import { FrameError } from './errors.js';
 import { FRAME_FIELD, FrameSplitter, computeFrameCrc, readFrameHeader, readU32 } from './frames.js';
 import { openTrace, TRACE_MAGIC } from './trace.js';
+import { ChunkReader, MAX_CHUNK_RECORDS, readChunkHeader, readChunkIndices, type ChunkHeader } from './codec/chunk.js';
 import {
+  CODEC_REMUS,
+  CODEC_REMUS_ZSTD,
+  CODEC_XBZRLE,
   FLAG_ABORT,
   FLAG_LAST,
   FLAG_RESYNC,
@@ -18,6 +22,7 @@ import {
   FRAME_VERSION,
   MAX_FRAME_BYTES,
   MAX_PFN_BYTES,
+  RECORD_CHUNK,
   RECORD_REMUS,
   RECORD_ZERO,
 } from './wire.js';
@@ -55,6 +60,9 @@ export interface FrameRow {
   sequence: number;
   flags: string[];
   pageSize: number;
+  /** The frame's codec byte (1 remus, 2 xbzrle, 3 remus-zstd). */
+  codec: number;
+  /** Records in the frame's payload: page records, or under codec 3 chunks of them (`records` counts the pages inside). */
   recordCount: number;
   payloadBytes: number;
   crcOk: boolean;
@@ -148,9 +156,43 @@ function flagNames(flags: number): string[] {
   return names;
 }
 
-/** Walk a frame's records (docs/FORMAT.md "Page records") and count them by type. */
+/** Decompresses codec 3 chunks for countRecords; made on first use. */
+let chunkReader: ChunkReader | null = null;
+const chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
+/** Indices are ULEB128 of at most 4 bytes: any value below 2^28 is well formed here. */
+const MAX_CHUNK_INDEX = 2 ** 28;
+
+/**
+ * Walk a frame's records (docs/FORMAT.md "Page records") and count the page
+ * records by type; under codec 3, the page records inside each chunk.
+ */
 export function countRecords(payload: Uint8Array, recordCount: number, pageSize: number, codec = 1): { counts: RecordCounts; error?: string } {
+  if (codec !== CODEC_REMUS_ZSTD) return countPageRecords(payload, recordCount, pageSize, codec, { zero: 0, full: 0, empty: 0, delta: 0 });
   const counts: RecordCounts = { zero: 0, full: 0, empty: 0, delta: 0 };
+  chunkReader ??= new ChunkReader();
+  let pos = 0;
+  for (let n = 0; n < recordCount; n++) {
+    if (pos >= payload.length) return { counts, error: `chunk ${n} at payload byte ${pos}: payload ends before the chunk` };
+    if (payload[pos] !== RECORD_CHUNK) return { counts, error: `chunk ${n} at payload byte ${pos}: record type ${payload[pos]}, expected a chunk (${RECORD_CHUNK})` };
+    let records: Uint8Array;
+    let header: ChunkHeader;
+    try {
+      header = readChunkHeader(payload, pos, payload.length);
+      const raw = chunkReader.raw(payload, header);
+      records = raw.subarray(readChunkIndices(raw, header.records, chunkSlots, MAX_CHUNK_INDEX));
+    } catch (err) {
+      return { counts, error: `chunk ${n} at payload byte ${pos}: ${(err as Error).message}` };
+    }
+    const inner = countPageRecords(records, header.records, pageSize, CODEC_REMUS, counts);
+    if (inner.error !== undefined) return { counts, error: `chunk ${n} at payload byte ${pos}: ${inner.error}` };
+    pos = header.end;
+  }
+  if (pos !== payload.length) return { counts, error: `${payload.length - pos} bytes after the last chunk` };
+  return { counts };
+}
+
+/** Count `recordCount` page records of codec 1 or 2 in `payload` into `counts`. */
+function countPageRecords(payload: Uint8Array, recordCount: number, pageSize: number, codec: number, counts: RecordCounts): { counts: RecordCounts; error?: string } {
   const pageWords = pageSize / 4;
   let pos = 0;
   const fail = (n: number, why: string): { counts: RecordCounts; error: string } => ({ counts, error: `record ${n} at payload byte ${pos}: ${why}` });
@@ -184,7 +226,7 @@ export function countRecords(payload: Uint8Array, recordCount: number, pageSize:
       counts.full++;
       continue;
     }
-    if (codec === 2) {
+    if (codec === CODEC_XBZRLE) {
       // XBZRLE (docs/FORMAT.md "Codec 2: xbzrle"): kind 0x01, ULEB128 length, the delta.
       if (first !== 0x01) return fail(n, `unknown XBZRLE record kind 0x${first.toString(16)}`);
       pos++;
@@ -227,12 +269,13 @@ function describeFrame(frame: Uint8Array, offset: number): FrameRow {
   const problems: string[] = [];
   const version = frame[FRAME_FIELD.version];
   if (version !== FRAME_VERSION) problems.push(`version ${version}`);
-  if (h.codec !== 1 && h.codec !== 2) problems.push(`codec ${h.codec}`);
+  if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE && h.codec !== CODEC_REMUS_ZSTD) problems.push(`codec ${h.codec}`);
   if (h.pageShift < 9 || h.pageShift > 16) problems.push(`pageShift ${h.pageShift}`);
   const row: FrameRow = {
     offset,
     epoch: h.epoch,
     sequence: h.sequence,
+    codec: h.codec,
     flags: flagNames(h.flags),
     pageSize,
     recordCount: h.recordCount,

@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
+import { ChunkReader, MAX_CHUNK_RECORDS, readChunkHeader, readChunkIndices, type ChunkHeader } from './codec/chunk.js';
 import { decodeXbzrleBody, XBZRLE_DELTA, XBZRLE_FULL, XBZRLE_UNCHANGED } from './codec/xbzrle.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from './digest.js';
 import { readPfn, writePfn } from './epoch-record.js';
@@ -13,6 +14,7 @@ import { CodecError, FrameError, ServiceError } from './errors.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
 import {
   CODEC_REMUS,
+  CODEC_REMUS_ZSTD,
   CODEC_XBZRLE,
   FLAG_ABORT,
   FLAG_LAST,
@@ -23,6 +25,7 @@ import {
   MAX_FRAME_BYTES,
   MAX_PFN_BYTES,
   PFN_LIMIT,
+  RECORD_CHUNK,
   RECORD_REMUS,
   RECORD_ZERO,
   pageShiftOf,
@@ -431,9 +434,15 @@ class Staging {
   codec = 0;
   nextSequence = 0;
   count = 0;
+  /** Slots 0..slotEnd-1 hold pages in request order (codecs 1 and 2 fill them in arrival order; codec 3 chunks say each page's slot). */
+  slotEnd = 0;
   pages: Uint8Array;
   pfnBytes: Uint8Array;
   pfns: Float64Array;
+  /** 1 where a slot holds a staged page. */
+  private filled: Uint8Array;
+  /** The slot of each staged record, in arrival order: what truncate undoes. */
+  private order: Int32Array;
   readonly index = new Map<number, number>();
   private groupHashes = new Uint8Array(0);
   private readonly pageSize: number;
@@ -446,44 +455,74 @@ class Staging {
     this.pages = new Uint8Array(initial * pageSize);
     this.pfnBytes = new Uint8Array(initial * PFN_BYTES);
     this.pfns = new Float64Array(initial);
+    this.filled = new Uint8Array(initial);
+    this.order = new Int32Array(initial);
   }
 
   get capacity(): number {
     return this.pfns.length;
   }
 
-  /** Make room for `records` records in all (the caller has checked the epoch bound). */
-  reserve(records: number): void {
-    if (records <= this.capacity) return;
+  /** Make room for slots 0..slots-1 (the caller has checked the epoch bound). */
+  reserve(slots: number): void {
+    if (slots <= this.capacity) return;
     let capacity = this.capacity;
-    while (capacity < records) capacity *= 2;
+    while (capacity < slots) capacity *= 2;
     capacity = Math.min(capacity, this.maxRecords);
+    const used = this.slotEnd;
     const pages = new Uint8Array(capacity * this.pageSize);
-    pages.set(this.pages.subarray(0, this.count * this.pageSize));
+    pages.set(this.pages.subarray(0, used * this.pageSize));
     const pfnBytes = new Uint8Array(capacity * PFN_BYTES);
-    pfnBytes.set(this.pfnBytes.subarray(0, this.count * PFN_BYTES));
+    pfnBytes.set(this.pfnBytes.subarray(0, used * PFN_BYTES));
     const pfns = new Float64Array(capacity);
-    pfns.set(this.pfns.subarray(0, this.count));
+    pfns.set(this.pfns.subarray(0, used));
+    const filled = new Uint8Array(capacity);
+    filled.set(this.filled.subarray(0, used));
+    const order = new Int32Array(capacity);
+    order.set(this.order.subarray(0, this.count));
     this.pages = pages;
     this.pfnBytes = pfnBytes;
     this.pfns = pfns;
+    this.filled = filled;
+    this.order = order;
   }
 
-  add(pfn: number): void {
-    const i = this.count++;
-    this.pfns[i] = pfn;
-    writePfn(this.pfnBytes, i * PFN_BYTES, pfn);
-    this.index.set(pfn, i);
+  /** The slot the next record of a codec 1 or 2 frame goes to. */
+  get nextSlot(): number {
+    return this.count;
   }
 
-  /** Drop the records from `count` on (a rejected frame's). */
+  isFilled(slot: number): boolean {
+    return this.filled[slot] === 1;
+  }
+
+  /** Record that `slot` (reserved, not filled) now holds pfn's page. */
+  add(pfn: number, slot: number): void {
+    this.order[this.count++] = slot;
+    this.filled[slot] = 1;
+    if (slot >= this.slotEnd) this.slotEnd = slot + 1;
+    this.pfns[slot] = pfn;
+    writePfn(this.pfnBytes, slot * PFN_BYTES, pfn);
+    this.index.set(pfn, slot);
+  }
+
+  /** Drop the records staged after the first `count` (a rejected frame's). */
   truncate(count: number): void {
-    for (let i = count; i < this.count; i++) this.index.delete(this.pfns[i]);
+    for (let k = count; k < this.count; k++) {
+      const slot = this.order[k];
+      this.index.delete(this.pfns[slot]);
+      this.filled[slot] = 0;
+    }
     this.count = count;
+    let end = 0;
+    for (let k = 0; k < count; k++) end = Math.max(end, this.order[k] + 1);
+    this.slotEnd = end;
   }
 
   reset(): void {
     this.index.clear();
+    this.filled.fill(0, 0, this.slotEnd);
+    this.slotEnd = 0;
     this.count = 0;
     this.epoch = null;
     this.resync = false;
@@ -525,6 +564,10 @@ export class Receiver {
   /** Where a restarting frame (sequence 0) is trial-decoded while an older staging is kept (see applyFrame). */
   private readonly scratchPage: Uint8Array;
   private readonly scratchPfns = new Set<number>();
+  /** Decompresses codec 3 chunks (one zstd context and a MAX_CHUNK_RAW_BYTES scratch). */
+  private readonly chunks = new ChunkReader();
+  /** The slots (request-order indices) of the chunk being decoded. */
+  private readonly chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
   private committed: number | null;
 
   constructor(options: ReceiverOptions) {
@@ -648,10 +691,10 @@ export class Receiver {
     if ((h.flags & FLAG_ABORT) !== 0 && (h.flags & FLAG_LAST) !== 0) {
       throw new FrameError('FRAME_BAD_FLAGS', `flags 0x${h.flags.toString(16)} at byte ${FRAME_FIELD.flags} set both ABORT and LAST`);
     }
-    if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE) {
+    if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE && h.codec !== CODEC_REMUS_ZSTD) {
       throw new FrameError(
         'FRAME_BAD_CODEC',
-        `codec ${h.codec} at byte ${FRAME_FIELD.codec} is not supported by this receiver: expected ${CODEC_REMUS} (remus) or ${CODEC_XBZRLE} (xbzrle)`,
+        `codec ${h.codec} at byte ${FRAME_FIELD.codec} is not supported by this receiver: expected ${CODEC_REMUS} (remus), ${CODEC_XBZRLE} (xbzrle) or ${CODEC_REMUS_ZSTD} (remus-zstd)`,
       );
     }
     if (h.pageShift !== this.pageShift) {
@@ -743,8 +786,6 @@ export class Receiver {
    * nothing the receiver keeps.
    */
   private decodeRecords(frame: Uint8Array, h: FrameHeader, trial: boolean): void {
-    const st = this.staging;
-    const ps = this.pageSize;
     const end = FRAME_HEADER_BYTES + h.payloadLength;
     const where = `epoch ${h.epoch} frame ${h.sequence}`;
     if (h.recordCount * MIN_RECORD_BYTES > h.payloadLength) {
@@ -754,15 +795,71 @@ export class Receiver {
       );
     }
     if (trial) this.scratchPfns.clear();
-    // Record type 1 is the page record of the frame's codec; ZERO (2) is shared.
-    const xbzrle = h.codec === CODEC_XBZRLE;
     let pos = FRAME_HEADER_BYTES;
-    for (let r = 0; r < h.recordCount; r++) {
+    if (h.codec !== CODEC_REMUS_ZSTD) {
+      pos = this.decodePageRecords(frame, pos, end, h.recordCount, h.codec === CODEC_XBZRLE, where, trial);
+    } else {
+      // Codec 3: every top-level record is a chunk of codec 1 page records.
+      for (let r = 0; r < h.recordCount; r++) {
+        const chunkStart = pos;
+        if (pos >= end) {
+          throw new FrameError('FRAME_BAD_RECORD', `${where}: the payload ends at byte ${pos} after ${r} of recordCount ${h.recordCount} chunks`);
+        }
+        if (frame[pos] !== RECORD_CHUNK) {
+          throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${pos} has type ${frame[pos]}; codec ${CODEC_REMUS_ZSTD} frames hold only chunks (type ${RECORD_CHUNK})`);
+        }
+        let chunk: ChunkHeader;
+        let raw: Uint8Array;
+        let recordsStart: number;
+        try {
+          chunk = readChunkHeader(frame, pos, end);
+          raw = this.chunks.raw(frame, chunk);
+          recordsStart = readChunkIndices(raw, chunk.records, this.chunkSlots, this.maxEpochRecords);
+        } catch (err) {
+          if (err instanceof CodecError) throw new FrameError('FRAME_BAD_RECORD', `${where}: chunk ${r} at byte ${chunkStart}: ${err.code}: ${err.message}`);
+          throw err;
+        }
+        // The frame's recordCount counts chunks: the pages are known only now.
+        const staged = trial ? 0 : this.staging.count;
+        if (staged + chunk.records > this.maxEpochRecords) {
+          throw new FrameError(
+            'FRAME_EPOCH_TOO_LARGE',
+            `${where}: chunk ${r} at byte ${chunkStart} brings the epoch to ${staged + chunk.records} records of ${this.pageSize} bytes, over the ${this.maxEpochRecords * this.pageSize}-byte epoch bound`,
+          );
+        }
+        // Indices increase within a chunk: the last is the highest.
+        if (!trial) this.staging.reserve(this.chunkSlots[chunk.records - 1] + 1);
+        const inner = `${where} chunk ${r} (at byte ${chunkStart}; byte offsets within its ${chunk.rawLength} raw bytes)`;
+        const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, this.chunkSlots);
+        if (innerEnd !== chunk.rawLength) {
+          throw new FrameError('FRAME_TRAILING_BYTES', `${inner}: ${chunk.rawLength - innerEnd} bytes after the last of its ${chunk.records} records, from byte ${innerEnd}`);
+        }
+        pos = chunk.end;
+      }
+    }
+    if (pos !== end) {
+      throw new FrameError('FRAME_TRAILING_BYTES', `${where}: ${end - pos} bytes after the last of ${h.recordCount} records, from byte ${pos}`);
+    }
+  }
+
+  /**
+   * Decode `count` page records (RECORD_REMUS or RECORD_ZERO) from
+   * bytes[pos, end): the body of a codec 1 or 2 frame, staged in arrival
+   * order, or a codec 3 chunk's records, staged at slots[0, count). Returns
+   * the position after the last one.
+   */
+  private decodePageRecords(
+    bytes: Uint8Array, pos: number, end: number, count: number, xbzrle: boolean, where: string, trial: boolean,
+    slots: Int32Array | null = null,
+  ): number {
+    const st = this.staging;
+    const ps = this.pageSize;
+    for (let r = 0; r < count; r++) {
       const recordStart = pos;
       if (pos >= end) {
-        throw new FrameError('FRAME_BAD_RECORD', `${where}: the payload ends at byte ${pos} after ${r} of recordCount ${h.recordCount} records`);
+        throw new FrameError('FRAME_BAD_RECORD', `${where}: the payload ends at byte ${pos} after ${r} of ${count} records`);
       }
-      const type = frame[pos++];
+      const type = bytes[pos++];
       if (type !== RECORD_REMUS && type !== RECORD_ZERO) {
         throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart} has unknown type ${type}`);
       }
@@ -770,7 +867,7 @@ export class Receiver {
       let scale = 1;
       for (let n = 1; ; n++) {
         if (pos >= end) throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: the payload ends inside its pfn`);
-        const b = frame[pos++];
+        const b = bytes[pos++];
         pfn += (b & ULEB_PAYLOAD_MASK) * scale;
         if ((b & ULEB_CONTINUE) === 0) break;
         if (n === MAX_PFN_BYTES) {
@@ -784,13 +881,17 @@ export class Receiver {
       if (trial ? this.scratchPfns.has(pfn) : st.index.has(pfn)) {
         throw new FrameError('FRAME_DUPLICATE_PFN', `${where}: record ${r} at byte ${recordStart}: pfn ${pfn} already has a record in this epoch`);
       }
+      const slot = slots === null ? st.nextSlot : slots[r];
+      if (!trial && st.isFilled(slot)) {
+        throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: index ${slot} of the epoch already has a record`);
+      }
       const dst = trial ? this.scratchPage : st.pages;
-      const dstOffset = trial ? 0 : st.count * ps;
+      const dstOffset = trial ? 0 : slot * ps;
       if (type === RECORD_ZERO) {
         dst.fill(0, dstOffset, dstOffset + ps);
       } else {
         if (pos >= end) throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: the payload ends before its body`);
-        const kind = frame[pos];
+        const kind = bytes[pos];
         if (xbzrle && kind !== XBZRLE_UNCHANGED && kind !== XBZRLE_DELTA && kind !== XBZRLE_FULL) {
           throw new FrameError(
             'FRAME_BAD_RECORD',
@@ -807,7 +908,7 @@ export class Receiver {
           );
         }
         try {
-          pos = xbzrle ? decodeXbzrleBody(frame, pos, end, dst, dstOffset, ps) : decodeRemusPage(frame, pos, end, dst, dstOffset, ps);
+          pos = xbzrle ? decodeXbzrleBody(bytes, pos, end, dst, dstOffset, ps) : decodeRemusPage(bytes, pos, end, dst, dstOffset, ps);
         } catch (err) {
           if (err instanceof CodecError) {
             throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} (pfn ${pfn}) at byte ${recordStart}: ${err.code}: ${err.message}`);
@@ -816,11 +917,9 @@ export class Receiver {
         }
       }
       if (trial) this.scratchPfns.add(pfn);
-      else st.add(pfn);
+      else st.add(pfn, slot);
     }
-    if (pos !== end) {
-      throw new FrameError('FRAME_TRAILING_BYTES', `${where}: ${end - pos} bytes after the last of ${h.recordCount} records, from byte ${pos}`);
-    }
+    return pos;
   }
 
   /** The LAST frame is staged: check the epoch's count and digest, then write it to the image. */
@@ -828,6 +927,11 @@ export class Receiver {
     const st = this.staging;
     if (h.epochPageCount !== st.count) {
       const message = `epoch ${h.epoch}: epochPageCount ${h.epochPageCount} at byte ${FRAME_FIELD.epochPageCount}, but its frames 0..${h.sequence} hold ${st.count} records; the staged epoch is discarded`;
+      st.reset();
+      throw new FrameError('FRAME_COUNT_MISMATCH', message);
+    }
+    if (st.slotEnd !== st.count) {
+      const message = `epoch ${h.epoch}: its ${st.count} records name indices up to ${st.slotEnd - 1}, so some index below ${st.count} has no record; the staged epoch is discarded`;
       st.reset();
       throw new FrameError('FRAME_COUNT_MISMATCH', message);
     }

@@ -6,7 +6,8 @@ import { FrameAssembler, type FrameSink } from './merge.js';
 import { BatchSharder } from './sharding.js';
 import type { WorkerPool } from './worker-pool.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask } from '../workers/protocol.js';
-import { FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
+import { CHUNK_OVERHEAD_BYTES, FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
+import { chunkLimitBytes } from './codec/chunk.js';
 
 export interface StreamConfig {
   pageSize: number;
@@ -20,7 +21,7 @@ export interface StreamConfig {
   pfnLimit: number;
   /** Largest epoch body accepted. */
   maxEpochBytes: number;
-  /** Page encoding of the stream's frames: the seed's (remus, codec 1) or QEMU's XBZRLE (codec 2). */
+  /** Page encoding of the stream's frames: the seed's (remus, codec 1), QEMU's XBZRLE (codec 2), or the seed's records in zstd chunks (remus-zstd, codec 3). */
   codec: CodecName;
 }
 
@@ -108,7 +109,8 @@ export class Stream implements InputSlabProvider {
   private readonly workerOf: number[];
   private readonly pageShift: number;
   private readonly batchPages: number;
-  private readonly maxRecordBytes: number;
+  /** Record region bytes reserved per page: the largest record plus a chunk header (codec 3 chunks hold at least one page). */
+  private readonly regionBytesPerPage: number;
   private readonly sharder: BatchSharder;
 
   /**
@@ -160,7 +162,7 @@ export class Stream implements InputSlabProvider {
     this.cachedPerPartition = new Array<number>(config.partitions).fill(0);
     const layout = slabLayout(config);
     this.batchPages = layout.batchPages;
-    this.maxRecordBytes = layout.maxRecordBytes;
+    this.regionBytesPerPage = layout.regionBytesPerPage;
     this.sharder = new BatchSharder(config.partitions, this.batchPages);
     this.workBytes = layout.workBytes;
     this.arena = new SharedArrayBuffer(layout.workBytes);
@@ -406,7 +408,7 @@ export class Stream implements InputSlabProvider {
     const { partitions, pageSize } = this.config;
     const indexBase = ring * this.batchPages;
     this.sharder.plan(this.input8, meta.layout.pfnOffset, first, end, this.indices32, indexBase);
-    const regionStart = ring * this.batchPages * this.maxRecordBytes;
+    const regionStart = ring * this.batchPages * this.regionBytesPerPage;
     const groupStart = first / DIGEST_GROUP_PAGES;
     const groupEnd = digestGroupCount(end);
     const tasks: Promise<EncodeResult | null>[] = [];
@@ -416,7 +418,7 @@ export class Stream implements InputSlabProvider {
       // Digest groups are spread over the partitions too, round robin.
       const groupFirst = groupStart + ((p - (groupStart % partitions)) + partitions) % partitions;
       if (indexCount === 0 && groupFirst >= groupEnd) continue;
-      const outStart = regionStart + (indexStart - indexBase) * this.maxRecordBytes;
+      const outStart = regionStart + (indexStart - indexBase) * this.regionBytesPerPage;
       const task: EncodeTask = {
         op: 'encode',
         stream: this.id,
@@ -434,7 +436,8 @@ export class Stream implements InputSlabProvider {
         indexCount,
         work: this.arena,
         outStart,
-        outLimit: outStart + indexCount * this.maxRecordBytes,
+        outLimit: outStart + indexCount * this.regionBytesPerPage,
+        chunkBytes: this.config.codec === 'remus-zstd' ? chunkLimitBytes(this.config.frameBytes) : 0,
         records: this.records,
         groupHashes: this.groupHashes,
         groupFirst,
@@ -467,6 +470,8 @@ export class Stream implements InputSlabProvider {
     for (let i = batch.first; i < batch.end; i++) {
       const offset = records[2 * i];
       const length = records[2 * i + 1];
+      // Codec 3: a chunk sits at its first page's index, its other pages have none.
+      if (length === 0) continue;
       if (!assembler.tryAppend(offset, length)) {
         await assembler.openFrame();
         assembler.tryAppend(offset, length);
@@ -644,7 +649,7 @@ function asServiceError(err: unknown, signal: AbortSignal): ServiceError {
 
 interface SlabLayout {
   batchPages: number;
-  maxRecordBytes: number;
+  regionBytesPerPage: number;
   framesStart: number;
   slabStride: number;
   workBytes: number;
@@ -655,7 +660,7 @@ interface SlabLayout {
 function slabLayout(config: StreamConfig): SlabLayout {
   const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
   const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
-  const recordBytes = maxRecordBytes(config.pageSize);
+  const recordBytes = maxRecordBytes(config.pageSize) + CHUNK_OVERHEAD_BYTES;
   const regionBytes = batchPages * recordBytes;
   // Frame slabs start on 4 KiB boundaries so page payloads copied into them
   // keep a page-friendly alignment.
@@ -663,7 +668,7 @@ function slabLayout(config: StreamConfig): SlabLayout {
   const slabStride = alignUp(config.frameBytes, 4096);
   return {
     batchPages,
-    maxRecordBytes: recordBytes,
+    regionBytesPerPage: recordBytes,
     framesStart,
     slabStride,
     workBytes: framesStart + FRAME_SLABS * slabStride,

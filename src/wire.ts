@@ -19,17 +19,36 @@ export const KNOWN_FLAGS = FLAG_LAST | FLAG_RESYNC | FLAG_ABORT;
 /** Codec byte of a frame: how its page records are encoded (docs/FORMAT.md). */
 export const CODEC_REMUS = 1;
 export const CODEC_XBZRLE = 2;
+/** Codec 1's page records in zstd-compressed chunks (src/codec/chunk.ts). */
+export const CODEC_REMUS_ZSTD = 3;
 /** A stream's codec as the API names it, and its codec byte. */
-export const CODEC_NAMES = ['remus', 'xbzrle'] as const;
+export const CODEC_NAMES = ['remus', 'xbzrle', 'remus-zstd'] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
+const CODEC_BYTES: Record<CodecName, number> = { remus: CODEC_REMUS, xbzrle: CODEC_XBZRLE, 'remus-zstd': CODEC_REMUS_ZSTD };
+export function isCodecName(value: unknown): value is CodecName {
+  return (CODEC_NAMES as readonly unknown[]).includes(value);
+}
 export function codecByte(name: CodecName): number {
-  return name === 'xbzrle' ? CODEC_XBZRLE : CODEC_REMUS;
+  return CODEC_BYTES[name];
 }
 
-/** Record types: 1 is the page record of the frame's codec (REMUS under codec 1, XBZRLE under codec 2); 2 is ZERO under both. */
+/**
+ * Record types: 1 is the page record of the frame's codec (REMUS under codecs
+ * 1 and 3, XBZRLE under codec 2); 2 is ZERO under all; 3 is a chunk of page
+ * records, the only top-level record of codec 3.
+ */
 export const RECORD_REMUS = 1;
 export const RECORD_XBZRLE = 1;
 export const RECORD_ZERO = 2;
+export const RECORD_CHUNK = 3;
+/** A chunk record's header at most: type, method and three ULEB128 lengths of at most 3 bytes. */
+export const CHUNK_HEADER_MAX_BYTES = 2 + 3 * 3;
+/**
+ * What a chunk of one page adds to that page's record at most: the header and
+ * the first index (4 bytes); each further page adds at most a 3-byte gap.
+ * Frames and record regions leave this much room per page.
+ */
+export const CHUNK_OVERHEAD_BYTES = CHUNK_HEADER_MAX_BYTES + 4;
 
 /** Page frame numbers are below 2^48: any x86-64 physical or virtual page number fits. */
 export const PFN_LIMIT = 2 ** 48;

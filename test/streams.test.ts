@@ -130,7 +130,8 @@ class Run {
   ) {}
 
   static async start(epochs: GeneratedEpoch[], config: StreamConfigRequest = {}): Promise<Run> {
-    const stream = await sender.createStream({ workers: 2, ...config });
+    // The seed's codec: parseFrames reads codec 1's records to check kinds (FULL after an abort, and so on).
+    const stream = await sender.createStream({ workers: 2, codec: 'remus', ...config });
     const image = await receiver.createImage({ pageSize: PAGE });
     return new Run(stream.id, image.id, epochs);
   }
@@ -441,7 +442,7 @@ describe('POST /v1/streams', () => {
       frameBytes: 1024 * 1024,
       pfnLimit: 2 ** 48,
       maxEpochBytes: 1024 * 1024 * 1024,
-      codec: 'remus',
+      codec: 'remus-zstd',
     });
     expect(info.nextEpoch).toBe(0);
     expect(info.busy).toBe(false);
@@ -458,7 +459,7 @@ describe('POST /v1/streams', () => {
     expect(created.status).toBe(201);
     const info = created.json as unknown as StreamInfo;
     expect(info.config.cacheBytes).toBe(33554432);
-    expect(info.config.codec).toBe('remus');
+    expect(info.config.codec).toBe('remus-zstd');
     await sender.deleteStream(info.id);
   });
 
@@ -509,6 +510,7 @@ describe('POST /v1/streams', () => {
       { maxEpochBytes: 1024 * 1024 * 1024 },
       { codec: 'remus' },
       { codec: 'xbzrle' },
+      { codec: 'remus-zstd' },
     ];
     for (const config of valid) {
       const stream = await sender.createStream(config);

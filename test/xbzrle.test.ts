@@ -357,7 +357,7 @@ describe('codec 2 frames at the receiver', () => {
     const rx = new Receiver({ pageSize: PAGE, image: new MemoryImage(PAGE) });
     const records = [xbzrleRecord(1, pageA, null)];
     const frame = buildFrame(
-      { epoch: 0, sequence: 0, codec: 3, flags: FLAG_RESYNC | FLAG_LAST, recordCount: 1, epochPageCount: 1, epochDigest: epochDigest(records, PAGE, 0, true) },
+      { epoch: 0, sequence: 0, codec: 4, flags: FLAG_RESYNC | FLAG_LAST, recordCount: 1, epochPageCount: 1, epochDigest: epochDigest(records, PAGE, 0, true) },
       concat(records.map(recordBytes)),
     );
     expect(refused(rx, frame, 'FRAME_BAD_CODEC').message).toContain('not supported');

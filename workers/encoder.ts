@@ -5,7 +5,9 @@ import { encodeRemusDelta, encodeRemusFull, isZeroPage } from '../src/codec/remu
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, hashDigestGroup } from '../src/digest.js';
 import { readPfn, KIND_RAW } from '../src/epoch-record.js';
 import { encodeXbzrleBody, XBZRLE_FULL, XBZRLE_UNCHANGED } from '../src/codec/xbzrle.js';
-import { CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+import { CHUNK_OVERHEAD_BYTES, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+import { ChunkWriter, CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkHasRoom } from '../src/codec/chunk.js';
+import { maxRecordBytes } from '../src/frames.js';
 
 /**
  * The piscina worker. Each worker runs in a single-thread pool of its own and
@@ -13,6 +15,9 @@ import { CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wi
  * partition therefore run one after the other, in submission order.
  */
 const partitions = new Map<string, CachePartition>();
+/** Codec 3: this thread's zstd context and the scratch its page records gather in before a chunk is written. */
+const chunkWriter = new ChunkWriter();
+const chunkScratch = new Uint8Array(CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES);
 const { allowFaults } = (workerData ?? { allowFaults: false }) as WorkerData;
 /** Exit status of a worker killed by fault injection (EX_SOFTWARE). */
 const EXIT_INJECTED_FAULT = 70;
@@ -51,50 +56,67 @@ function encode(task: EncodeTask): EncodeResult {
     unchangedPages: 0, overflows: 0, cachedPages: 0, busyNs: 0,
   };
 
-  let pos = task.outStart;
+  // Codecs 1 and 2 write page records straight into the task's region.
+  // Codec 3 gathers them in this thread's chunk scratch and writes each full
+  // chunk, compressed, into the region at `regionPos`.
+  const chunked = task.chunkBytes > 0;
+  const out8 = chunked ? chunkScratch : work8;
+  const recordLimit = chunked ? chunkScratch.length : task.outLimit;
+  const worstRecord = maxRecordBytes(pageSize);
+  // Codec 3: records gather after the room for the chunk's index section.
+  let pos = chunked ? CHUNK_INDEX_RESERVE_BYTES : task.outStart;
+  let regionPos = task.outStart;
+  /** Position in `indices` of the open chunk's first page. */
+  let chunkFirst = 0;
+
   const crashAt = allowFaults ? (task.crashAfterPages ?? -1) : -1;
   for (let n = 0; n < indices.length; n++) {
     // A death half way through a task, after some cache slots moved: the
     // case the stream's invalidation exists for.
     if (n === crashAt) process.exit(EXIT_INJECTED_FAULT);
     const i = indices[n];
+    if (chunked && n > chunkFirst && !chunkHasRoom(pos - CHUNK_INDEX_RESERVE_BYTES, n - chunkFirst, worstRecord, task.chunkBytes)) {
+      regionPos = writeChunk(task, work8, records, indices, regionPos, pos, chunkFirst, n);
+      pos = CHUNK_INDEX_RESERVE_BYTES;
+      chunkFirst = n;
+    }
     const pfn = readPfn(input8, pfnOffset + 8 * i);
     const pageByte = pageOffset + i * pageSize;
     const pageWord = pageByte >>> 2;
     const recordStart = pos;
     const typePos = pos++;
-    pos = writeUleb128(work8, pos, pfn);
+    pos = writeUleb128(out8, pos, pfn);
 
-    // Both codecs share the cache, zero-page, raw-page and miss logic; a
-    // FULL body (0x80, then the page) is the same bytes under both. Only a
+    // Every codec shares the cache, zero-page, raw-page and miss logic; a
+    // FULL body (0x80, then the page) is the same bytes under all. Only a
     // cache hit is encoded differently. The record type of a page body is 1
-    // under both codecs (RECORD_REMUS = RECORD_XBZRLE).
+    // under all (RECORD_REMUS = RECORD_XBZRLE).
     if (input8[kindOffset + i] === KIND_RAW) {
       // Raw pages (page tables) are sent as they are and leave the cache,
       // exactly as the seed invalidates them.
       part.remove(pfn);
-      work8[typePos] = RECORD_REMUS;
-      pos = encodeRemusFull(input8, pageByte, pageSize, work8, pos);
+      out8[typePos] = RECORD_REMUS;
+      pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
       result.rawPages++;
     } else if (isZeroPage(input32, pageWord, words)) {
       // One byte on the wire whatever the cache holds; the cache learns the
       // zeros so the page's next delta is taken against them.
-      work8[typePos] = RECORD_ZERO;
+      out8[typePos] = RECORD_ZERO;
       let slot = part.lookup(pfn);
       if (slot < 0) slot = part.insert(pfn);
       if (slot >= 0) slab.fill(0, slot * words, slot * words + words);
       result.zeroPages++;
     } else {
-      work8[typePos] = RECORD_REMUS;
+      out8[typePos] = RECORD_REMUS;
       let slot = part.lookup(pfn);
       if (slot >= 0 && xbzrle) {
         // QEMU's save_xbzrle_page: the encoder leaves the cached copy alone;
         // it becomes the new page whenever the page changed (a delta, or an
         // overflow sent FULL), which is what the receiver then holds.
         const bodyStart = pos;
-        pos = encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, work8, pos);
+        pos = encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, out8, pos);
         result.cacheHits++;
-        const kind = work8[bodyStart];
+        const kind = out8[bodyStart];
         if (kind === XBZRLE_UNCHANGED) {
           result.unchangedPages++;
         } else {
@@ -103,31 +125,57 @@ function encode(task: EncodeTask): EncodeResult {
         }
       } else if (slot >= 0) {
         const bodyStart = pos;
-        pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, work8, pos);
+        pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
         result.cacheHits++;
         if (pos - bodyStart === 1) result.unchangedPages++;
         else if (pos - bodyStart >= pageSize + 1) result.overflows++;
       } else {
         slot = part.insert(pfn);
         if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
-        pos = encodeRemusFull(input8, pageByte, pageSize, work8, pos);
+        pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
         result.cacheMisses++;
       }
     }
-    if (pos > task.outLimit) {
+    if (pos > recordLimit) {
       // The main thread sizes every region for the worst case; reaching here
       // is a bug, and failing the epoch is the only safe answer.
-      throw new Error(`encode region overflow: ${pos} > ${task.outLimit}`);
+      throw new Error(`encode region overflow: ${pos} > ${recordLimit}`);
     }
-    records[2 * i] = recordStart;
-    records[2 * i + 1] = pos - recordStart;
+    if (chunked) {
+      records[2 * i] = 0;
+      records[2 * i + 1] = 0;
+    } else {
+      records[2 * i] = recordStart;
+      records[2 * i + 1] = pos - recordStart;
+    }
   }
+  if (chunked && indices.length > chunkFirst) regionPos = writeChunk(task, work8, records, indices, regionPos, pos, chunkFirst, indices.length);
 
   hashGroups(task, input8);
-  result.end = pos;
+  result.end = chunked ? regionPos : pos;
   result.cachedPages = part.size;
   result.busyNs = Number(process.hrtime.bigint() - started);
   return result;
+}
+
+/**
+ * Codec 3: write the records gathered in chunkScratch (up to `recordsEnd`),
+ * those of the pages indices[first, end), as one chunk at work[regionPos..],
+ * and give it to its first page's index; returns the end.
+ */
+function writeChunk(
+  task: EncodeTask, work8: Uint8Array, records: Int32Array, indices: Int32Array,
+  regionPos: number, recordsEnd: number, first: number, end: number,
+): number {
+  // Index section at its largest (4 + 3 per further page), as the region was sized.
+  const rawMax = recordsEnd - CHUNK_INDEX_RESERVE_BYTES + CHUNK_OVERHEAD_BYTES + 3 * (end - first - 1);
+  if (regionPos + rawMax > task.outLimit) {
+    throw new Error(`encode region overflow: chunk of up to ${rawMax} bytes at ${regionPos} > ${task.outLimit}`);
+  }
+  const chunkEnd = chunkWriter.write(chunkScratch, recordsEnd, indices, first, end, work8, regionPos);
+  records[2 * indices[first]] = regionPos;
+  records[2 * indices[first] + 1] = chunkEnd - regionPos;
+  return chunkEnd;
 }
 
 /** Copy a page into a cache slot word by word: no view objects, no allocation. */

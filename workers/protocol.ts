@@ -10,7 +10,7 @@ export interface EncodeTask {
   stream: string;
   partition: number;
   pageSize: number;
-  /** Codec byte of the stream (CODEC_REMUS or CODEC_XBZRLE): how the page records are encoded. */
+  /** Codec byte of the stream (CODEC_REMUS, CODEC_XBZRLE or CODEC_REMUS_ZSTD): how the page records are encoded. */
   codec: number;
   /** Cache pages this partition may hold (fixed for the stream's life). */
   slotCount: number;
@@ -27,7 +27,9 @@ export interface EncodeTask {
   work: SharedArrayBuffer;
   outStart: number;
   outLimit: number;
-  /** Int32 pairs per page index: record offset in `work`, record length. */
+  /** Codec 3: the raw-bytes limit of a chunk (chunkLimitBytes of the stream's frame size); 0 under the other codecs. */
+  chunkBytes: number;
+  /** Int32 pairs per page index: record offset in `work`, record length (codec 3: a chunk's at its first page, 0 for its other pages). */
   records: SharedArrayBuffer;
   /** 32-byte group hashes, indexed by group number. */
   groupHashes: SharedArrayBuffer;

@@ -25,7 +25,7 @@ const configSchema = {
     frameBytes: { type: 'integer', description: 'Largest frame, header included (at most 16 MiB)' },
     pfnLimit: { type: 'integer', description: 'pfns must be below this' },
     maxEpochBytes: { type: 'integer', description: 'Largest epoch body accepted' },
-    codec: { type: 'string', description: "Page encoding: 'remus' (the seed's, frame codec 1; the default) or 'xbzrle' (QEMU's XBZRLE, frame codec 2)" },
+    codec: { type: 'string', description: "Page encoding: 'remus-zstd' (the default: the seed's records in zstd chunks, frame codec 3), 'remus' (the seed's, frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2)" },
   },
 } as const;
 
