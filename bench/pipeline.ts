@@ -3,7 +3,7 @@
  * epoch records and a sink that drops frames. With bench/load.ts (the same
  * epochs over loopback HTTP) it shows what HTTP and the client cost.
  *
- *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N]
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N] [--codec remus,remus-zstd]
  *
  * `--cache-bytes 0` makes every page a miss, sent FULL: what epoch 0 and cold
  * pages cost.
@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { Sender } from '../src/sender.js';
 import type { FrameSink } from '../src/merge.js';
 import { makeEpochs } from './load.js';
+import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
 
 const PAGE_SIZE = 4096;
 const { values } = parseArgs({
@@ -20,8 +21,11 @@ const { values } = parseArgs({
     mib: { type: 'string', default: '32' },
     epochs: { type: 'string', default: '12' },
     'cache-bytes': { type: 'string' },
+    codec: { type: 'string', default: 'remus-zstd' },
   },
 });
+const codecs = values.codec.split(',');
+for (const codec of codecs) if (!isCodecName(codec)) throw new Error(`--codec: ${codec} is not one of ${CODEC_NAMES.join(', ')}`);
 const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
 const records = makeEpochs(1, pages, Number(values.epochs));
 const sink: FrameSink = { begin() {}, write(_frame, release) { release(null); } };
@@ -30,19 +34,25 @@ async function* once(record: Uint8Array): AsyncGenerator<Uint8Array> {
   yield record;
 }
 
-for (const workers of values.workers.split(',').map(Number)) {
+for (const codec of codecs as CodecName[]) for (const workers of values.workers.split(',').map(Number)) {
   const sender = new Sender({ workers });
   const cacheBytes = values['cache-bytes'] === undefined ? undefined : Number(values['cache-bytes']);
-  const stream = sender.create({ workers, cacheBytes });
+  const stream = sender.create({ workers, cacheBytes, codec });
+  let bytesOut = 0;
+  let bytesIn = 0;
   const rates: number[] = [];
   for (const record of records) {
     const started = process.hrtime.bigint();
     const summary = await stream.runEpoch(once(record), record.length, sink);
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     // Epoch 0 is the image; the first dirty epoch warms the JIT.
-    if (summary.epoch >= 2) rates.push(summary.bytesIn / seconds / 1e9);
+    if (summary.epoch >= 2) {
+      rates.push(summary.bytesIn / seconds / 1e9);
+      bytesIn += summary.bytesIn;
+      bytesOut += summary.bytesOut;
+    }
   }
   rates.sort((a, b) => a - b);
-  console.log(`${workers} worker(s), ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs`);
+  console.log(`${codec}, ${workers} worker(s), ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs, out/in ${(bytesOut / bytesIn).toFixed(4)}`);
   await sender.close();
 }
