@@ -2,7 +2,8 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**'] },
+  // assembly/ is AssemblyScript (decorators on functions, wasm types), compiled by asc, not tsc.
+  { ignores: ['dist/**', 'node_modules/**', 'assembly/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -13,6 +13,15 @@
  *    decodeRemusPage of each record onto the bench's copy of the previous
  *    image (the receiver's kernel; the receiver also copies each delta page
  *    into staging first, which is not counted here).
+ *  - ours-wasm: the same per-page loop (same cache policy: the worker's
+ *    CachePartition, same records byte for byte, checked after the warm-up
+ *    when ours runs too) with the page work done by the WebAssembly SIMD
+ *    kernel (src/codec/remus-wasm.ts) over one shared wasm memory that holds
+ *    the epoch records (copied in before any timing), the cache slots, the
+ *    records and the decode image, as the service's workers will hold them.
+ *    As 'xbzrle-wasm', the same with the kernel's XBZRLE encoder against
+ *    'xbzrle' (decoded by the TypeScript decodeXbzrleBody: there is no wasm
+ *    XBZRLE decoder).
  *  - baselines, stateless, on every dirty page whole: zstd level 1 (libzstd
  *    via zstd-napi) and LZ4 (liblz4 via lz4), into and out of preallocated
  *    slabs; zlib deflate level 1 (node:zlib deflateRawSync / inflateRawSync:
@@ -39,13 +48,15 @@ import zstd from 'zstd-napi/binding.js';
 import runEncoderTask from '../workers/encoder.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type InvalidateTask } from '../workers/protocol.js';
 import { decodeRemusPage } from '../src/codec/remus.js';
-import { decodeXbzrleBody } from '../src/codec/xbzrle.js';
+import { createKernelMemory, instantiateRemusWasm, type RemusWasmKernel } from '../src/codec/remus-wasm.js';
+import { CachePartition } from '../workers/cache-partition.js';
+import { decodeXbzrleBody, XBZRLE_FULL, XBZRLE_UNCHANGED } from '../src/codec/xbzrle.js';
 import { maxRecordBytes } from '../src/frames.js';
-import { epochLayout, type EpochLayout } from '../src/epoch-record.js';
+import { epochLayout, KIND_RAW, readPfn, type EpochLayout } from '../src/epoch-record.js';
 import { packageRoot } from '../src/package-root.js';
 import { parseTrace } from '../src/trace.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
-import { CODEC_REMUS, CODEC_XBZRLE, RECORD_ZERO } from '../src/wire.js';
+import { CODEC_REMUS, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
 
 /** The lz4 package ships no types; the two block calls of its C binding that we use. */
 interface Lz4Binding {
@@ -121,7 +132,7 @@ export interface KernelCodec {
   decodedPage(e: number, i: number): Uint8Array;
 }
 
-export const CODEC_NAMES = ['ours', 'xbzrle', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
+export const CODEC_NAMES = ['ours', 'ours-wasm', 'xbzrle', 'xbzrle-wasm', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 let streamSerial = 0;
@@ -224,6 +235,7 @@ class OursCodec implements KernelCodec {
       work: this.work,
       outStart: this.outStart[e],
       outLimit: this.outLimit[e],
+      chunkBytes: 0,
       records: this.records,
       groupHashes: this.groupHashes,
       groupFirst: 0,
@@ -259,6 +271,215 @@ class OursCodec implements KernelCodec {
   decodedPage(e: number, i: number): Uint8Array {
     const at = this.slots[e][i] * this.trace.pageSize;
     return this.image.subarray(at, at + this.trace.pageSize);
+  }
+
+  /** Untimed: the records of the last encode(e). */
+  recordBytes(e: number): Uint8Array {
+    return this.work8.subarray(this.outStart[e], this.outEnd[e]);
+  }
+}
+
+/** Image slot of each page of each epoch: one slot per distinct pfn of the trace, in order of first appearance. */
+function imageSlots(trace: PreparedTrace): { slots: Int32Array[]; distinct: number } {
+  const slotOf = new Map<number, number>();
+  const slots = trace.epochs.map((e) => {
+    const s = new Int32Array(e.count);
+    for (let i = 0; i < e.count; i++) {
+      let slot = slotOf.get(e.pfns[i]);
+      if (slot === undefined) {
+        slot = slotOf.size;
+        slotOf.set(e.pfns[i], slot);
+      }
+      s[i] = slot;
+    }
+    return s;
+  });
+  return { slots, distinct: slotOf.size };
+}
+
+/** Offsets in the wasm memory start on 64-byte boundaries (a cache line). */
+function align64(n: number): number {
+  return Math.ceil(n / 64) * 64;
+}
+
+/**
+ * ours with the WebAssembly kernel: workers/encoder.ts's remus path line for
+ * line (raw pages FULL and out of the cache, zero pages ZERO and zeroed in
+ * the cache, hits Remus deltas, misses FULL and into the cache), the
+ * worker's own CachePartition choosing slots, but every page operation
+ * (zero test, delta, FULL copy, cache copy and fill, decode) a call into the
+ * kernel over one shared memory. Not the worker yet (workers/ is not
+ * changed): what moving it to the kernel would give.
+ */
+class OursWasmCodec implements KernelCodec {
+  readonly name: 'ours-wasm' | 'xbzrle-wasm';
+  readonly description: string;
+  readonly decodes = true;
+  readonly counters: EncodeResult[] = [];
+  private readonly slotCount: number;
+  private readonly part: CachePartition;
+  private readonly k: RemusWasmKernel;
+  private readonly mem8: Uint8Array;
+  /** Where each epoch record starts in the memory. */
+  private readonly recordAt: number[] = [];
+  private readonly cacheAt: number;
+  private readonly imageAt: number;
+  private readonly outStart: number[] = [];
+  private readonly outLimit: number[] = [];
+  private readonly outEnd: number[] = [];
+  private readonly records: Int32Array;
+  private readonly slots: Int32Array[];
+
+  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours-wasm' | 'xbzrle-wasm' = 'ours-wasm') {
+    const { pageSize, epochs, maxCount } = trace;
+    this.name = name;
+    this.slotCount = Math.floor(cacheBytes / pageSize);
+    this.description = name === 'ours-wasm'
+      ? `ours' worker loop and ${this.slotCount}-page cache with the WebAssembly SIMD kernel (src/codec/remus-wasm.ts) ` +
+        'over one shared wasm memory; its decodePage onto the previous image'
+      : `xbzrle's worker loop and ${this.slotCount}-page cache with the kernel's XBZRLE encoder over one shared wasm memory; ` +
+        'decodeXbzrleBody (TypeScript) onto the previous image';
+    // Only its LRU bookkeeping is used; page bytes live in the wasm memory.
+    this.part = new CachePartition(pageSize, this.slotCount);
+    this.records = new Int32Array(2 * maxCount);
+    const { slots, distinct } = imageSlots(trace);
+    this.slots = slots;
+    const worst = maxRecordBytes(pageSize);
+    let at = 64;
+    for (const e of epochs) {
+      this.recordAt.push(at);
+      at = align64(at + e.layout.totalBytes);
+    }
+    this.cacheAt = at;
+    at = align64(at + this.slotCount * pageSize);
+    for (const e of epochs) {
+      this.outStart.push(at);
+      at += e.count * worst;
+      this.outLimit.push(at);
+      this.outEnd.push(at);
+      at = align64(at);
+    }
+    this.imageAt = at;
+    at += distinct * pageSize;
+    const memory = createKernelMemory(at);
+    this.k = instantiateRemusWasm(memory);
+    this.mem8 = new Uint8Array(memory.buffer);
+    // The epoch records go into the shared memory once, before any timing.
+    for (const [e, ep] of epochs.entries()) this.mem8.set(new Uint8Array(ep.record), this.recordAt[e]);
+  }
+
+  reset(): void {
+    // Forget every page, as ours does (the slots' bytes need no clearing: a
+    // slot is written whole when a page is put in it).
+    for (const e of this.trace.epochs) for (let i = 0; i < e.count; i++) this.part.remove(e.pfns[i]);
+    this.k.fill(this.imageAt, 0, this.mem8.length - this.imageAt);
+    this.counters.length = 0;
+  }
+
+  encode(e: number): number {
+    const ep = this.trace.epochs[e];
+    const { pageSize } = this.trace;
+    const k = this.k;
+    const m = this.mem8;
+    const part = this.part;
+    const records = this.records;
+    const cacheAt = this.cacheAt;
+    const base = this.recordAt[e];
+    const pfnOffset = base + ep.layout.pfnOffset;
+    const kindOffset = base + ep.layout.kindOffset;
+    const pageOffset = base + ep.layout.pageOffset;
+    const limit = this.outLimit[e];
+    const result: EncodeResult = {
+      end: 0, cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0,
+      unchangedPages: 0, overflows: 0, cachedPages: 0, busyNs: 0,
+    };
+    const xbzrle = this.name === 'xbzrle-wasm';
+    let pos = this.outStart[e];
+    for (let i = 0; i < ep.count; i++) {
+      const pfn = readPfn(m, pfnOffset + 8 * i);
+      const pageByte = pageOffset + i * pageSize;
+      const recordStart = pos;
+      const typePos = pos++;
+      pos = writeUleb128(m, pos, pfn);
+      if (m[kindOffset + i] === KIND_RAW) {
+        part.remove(pfn);
+        m[typePos] = RECORD_REMUS;
+        pos = k.encodeFull(pageByte, pageSize, pos);
+        result.rawPages++;
+      } else if (k.isZeroPage(pageByte, pageSize)) {
+        m[typePos] = RECORD_ZERO;
+        let slot = part.lookup(pfn);
+        if (slot < 0) slot = part.insert(pfn);
+        if (slot >= 0) k.fill(cacheAt + slot * pageSize, 0, pageSize);
+        result.zeroPages++;
+      } else {
+        m[typePos] = RECORD_REMUS;
+        let slot = part.lookup(pfn);
+        if (slot >= 0 && xbzrle) {
+          // As the worker: the cached copy becomes the page unless it was unchanged.
+          const bodyStart = pos;
+          pos = k.encodeXbzrleBody(pageByte, cacheAt + slot * pageSize, pageSize, pos);
+          result.cacheHits++;
+          const kind = m[bodyStart];
+          if (kind === XBZRLE_UNCHANGED) {
+            result.unchangedPages++;
+          } else {
+            k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
+            if (kind === XBZRLE_FULL) result.overflows++;
+          }
+        } else if (slot >= 0) {
+          const bodyStart = pos;
+          pos = k.encodeDelta(pageByte, cacheAt + slot * pageSize, pageSize, pos);
+          result.cacheHits++;
+          if (pos - bodyStart === 1) result.unchangedPages++;
+          else if (pos - bodyStart >= pageSize + 1) result.overflows++;
+        } else {
+          slot = part.insert(pfn);
+          if (slot >= 0) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
+          pos = k.encodeFull(pageByte, pageSize, pos);
+          result.cacheMisses++;
+        }
+      }
+      if (pos > limit) throw new Error(`encode region overflow: ${pos} > ${limit}`);
+      records[2 * i] = recordStart;
+      records[2 * i + 1] = pos - recordStart;
+    }
+    result.end = pos;
+    result.cachedPages = part.size;
+    this.counters[e] = result;
+    this.outEnd[e] = pos;
+    return pos - this.outStart[e];
+  }
+
+  decode(e: number): void {
+    const { pageSize } = this.trace;
+    const count = this.trace.epochs[e].count;
+    const m = this.mem8;
+    const k = this.k;
+    const imageAt = this.imageAt;
+    const slots = this.slots[e];
+    const end = this.outEnd[e];
+    const xbzrle = this.name === 'xbzrle-wasm';
+    let pos = this.outStart[e];
+    for (let i = 0; i < count; i++) {
+      const type = m[pos++];
+      while ((m[pos++] & 0x80) !== 0); // the pfn, ULEB128; its image slot was looked up beforehand
+      const at = imageAt + slots[i] * pageSize;
+      if (type === RECORD_ZERO) k.fill(at, 0, pageSize);
+      else if (xbzrle) pos = decodeXbzrleBody(m, pos, end, m, at, pageSize);
+      else pos = k.decodePage(pos, end, at, pageSize);
+    }
+    if (pos !== end) throw new Error(`${this.name}: epoch ${e} decode ended at ${pos}, records end at ${end}`);
+  }
+
+  decodedPage(e: number, i: number): Uint8Array {
+    const at = this.imageAt + this.slots[e][i] * this.trace.pageSize;
+    return this.mem8.subarray(at, at + this.trace.pageSize);
+  }
+
+  /** Untimed: the records of the last encode(e). */
+  recordBytes(e: number): Uint8Array {
+    return this.mem8.subarray(this.outStart[e], this.outEnd[e]);
   }
 }
 
@@ -492,6 +713,10 @@ export function createCodec(name: CodecName, trace: PreparedTrace, cacheBytes = 
   switch (name) {
     case 'ours':
       return new OursCodec(trace, cacheBytes);
+    case 'ours-wasm':
+      return new OursWasmCodec(trace, cacheBytes);
+    case 'xbzrle-wasm':
+      return new OursWasmCodec(trace, cacheBytes, 'xbzrle-wasm');
     case 'xbzrle':
       return new OursCodec(trace, cacheBytes, 'xbzrle');
     case 'zstd-1':
@@ -611,7 +836,18 @@ export function measureKernel(trace: PreparedTrace, options: MeasureOptions = {}
       checkEpoch(codec, trace, e);
     }
   }
-  const counters = codecs.map((c) => (c instanceof OursCodec ? [...c.counters] : null));
+  // The wasm paths must send exactly what the TypeScript ones send: compare their records epoch by epoch.
+  for (const [tsName, wasmName] of [['ours', 'ours-wasm'], ['xbzrle', 'xbzrle-wasm']] as const) {
+    const tsPath = codecs.find((c) => c instanceof OursCodec && c.name === tsName) as OursCodec | undefined;
+    const wasmPath = codecs.find((c) => c instanceof OursWasmCodec && c.name === wasmName) as OursWasmCodec | undefined;
+    if (tsPath === undefined || wasmPath === undefined) continue;
+    for (let e = 0; e < epochCount; e++) {
+      if (!equalBytes(tsPath.recordBytes(e), wasmPath.recordBytes(e))) {
+        throw new Error(`${wasmName}: the records of epoch ${e} of ${trace.name} differ from ${tsName}'s`);
+      }
+    }
+  }
+  const counters = codecs.map((c) => (c instanceof OursCodec || c instanceof OursWasmCodec ? [...c.counters] : null));
 
   const encodeNs = codecs.map(() => ({ epoch0: [] as number[], dirty: [] as number[] }));
   const decodeNs = codecs.map(() => ({ epoch0: [] as number[], dirty: [] as number[] }));
