@@ -56,7 +56,9 @@ import { epochLayout, KIND_RAW, readPfn, type EpochLayout } from '../src/epoch-r
 import { packageRoot } from '../src/package-root.js';
 import { parseTrace } from '../src/trace.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
-import { CODEC_REMUS, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+import { CHUNK_OVERHEAD_BYTES, CODEC_REMUS, CODEC_REMUS_ZSTD, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
+import { ChunkReader, MAX_CHUNK_RECORDS, chunkLimitBytes, readChunkHeader, readChunkIndices } from '../src/codec/chunk.js';
+import { DEFAULT_FRAME_BYTES } from '../src/sender.js';
 
 /** The lz4 package ships no types; the two block calls of its C binding that we use. */
 interface Lz4Binding {
@@ -132,7 +134,7 @@ export interface KernelCodec {
   decodedPage(e: number, i: number): Uint8Array;
 }
 
-export const CODEC_NAMES = ['ours', 'ours-wasm', 'xbzrle', 'xbzrle-wasm', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
+export const CODEC_NAMES = ['ours', 'ours-wasm', 'ours-zstd', 'xbzrle', 'xbzrle-wasm', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 let streamSerial = 0;
@@ -140,10 +142,12 @@ let streamSerial = 0;
 /**
  * Our path: the worker's encode task on one partition, then decodeRemusPage
  * onto an image; as 'xbzrle', the same task with the stream codec set to
- * QEMU's XBZRLE (same cache, zero and raw logic) and decodeXbzrleBody.
+ * QEMU's XBZRLE (same cache, zero and raw logic) and decodeXbzrleBody; as
+ * 'ours-zstd', the default codec 3 (the same records in zstd chunks of up to
+ * 256 KiB, as with the default 1 MiB frames), decoded chunk by chunk.
  */
 class OursCodec implements KernelCodec {
-  readonly name: 'ours' | 'xbzrle';
+  readonly name: 'ours' | 'xbzrle' | 'ours-zstd';
   readonly description: string;
   readonly decodes = true;
   /** Per-epoch counters of the last encode. */
@@ -163,20 +167,25 @@ class OursCodec implements KernelCodec {
   /** Image slot of each page of each epoch (the receiver's pfn index, looked up beforehand). */
   private readonly slots: Int32Array[];
 
-  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours' | 'xbzrle' = 'ours') {
+  private readonly chunks = new ChunkReader();
+  private readonly chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
+
+  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours' | 'xbzrle' | 'ours-zstd' = 'ours') {
     const { pageSize, epochs, maxCount } = trace;
     this.name = name;
     this.slotCount = Math.floor(cacheBytes / pageSize);
-    this.description = name === 'ours'
-      ? `worker encode loop, ${this.slotCount}-page cache; decodeRemusPage onto the previous image`
-      : `worker encode loop with codec xbzrle (QEMU XBZRLE), ${this.slotCount}-page cache; decodeXbzrleBody onto the previous image`;
+    this.description = {
+      ours: `worker encode loop, ${this.slotCount}-page cache; decodeRemusPage onto the previous image`,
+      xbzrle: `worker encode loop with codec xbzrle (QEMU XBZRLE), ${this.slotCount}-page cache; decodeXbzrleBody onto the previous image`,
+      'ours-zstd': `worker encode loop with codec remus-zstd (records in zstd -1 chunks), ${this.slotCount}-page cache; zstd then decodeRemusPage`,
+    }[name];
     this.indices = new SharedArrayBuffer(4 * maxCount);
     const indices = new Int32Array(this.indices);
     for (let i = 0; i < maxCount; i++) indices[i] = i;
     this.records = new SharedArrayBuffer(8 * maxCount);
     // Every epoch keeps its records (the decode pass runs after all encodes),
     // each in a region sized for the worst case as the stream sizes them.
-    const worst = maxRecordBytes(pageSize);
+    const worst = maxRecordBytes(pageSize) + CHUNK_OVERHEAD_BYTES;
     let total = 0;
     for (const e of epochs) {
       this.outStart.push(total);
@@ -223,7 +232,7 @@ class OursCodec implements KernelCodec {
       stream: this.stream,
       partition: 0,
       pageSize: this.trace.pageSize,
-      codec: this.name === 'xbzrle' ? CODEC_XBZRLE : CODEC_REMUS,
+      codec: { ours: CODEC_REMUS, xbzrle: CODEC_XBZRLE, 'ours-zstd': CODEC_REMUS_ZSTD }[this.name],
       slotCount: this.slotCount,
       input: ep.record,
       pfnOffset: ep.layout.pfnOffset,
@@ -235,7 +244,7 @@ class OursCodec implements KernelCodec {
       work: this.work,
       outStart: this.outStart[e],
       outLimit: this.outLimit[e],
-      chunkBytes: 0,
+      chunkBytes: this.name === 'ours-zstd' ? chunkLimitBytes(DEFAULT_FRAME_BYTES) : 0,
       records: this.records,
       groupHashes: this.groupHashes,
       groupFirst: 0,
@@ -257,6 +266,10 @@ class OursCodec implements KernelCodec {
     const slots = this.slots[e];
     const end = this.outEnd[e];
     let pos = this.outStart[e];
+    if (this.name === 'ours-zstd') {
+      this.decodeChunks(pos, end, slots);
+      return;
+    }
     for (let i = 0; i < count; i++) {
       const type = input[pos++];
       while ((input[pos++] & 0x80) !== 0); // the pfn, ULEB128; its image slot was looked up beforehand
@@ -266,6 +279,26 @@ class OursCodec implements KernelCodec {
       else pos = decodeRemusPage(input, pos, end, image, at, pageSize);
     }
     if (pos !== end) throw new Error(`${this.name}: epoch ${e} decode ended at ${pos}, records end at ${end}`);
+  }
+
+  /** Codec 3: each chunk's index section says which page of the epoch each record is. */
+  private decodeChunks(pos: number, end: number, slots: Int32Array): void {
+    const { pageSize } = this.trace;
+    const image = this.image;
+    while (pos < end) {
+      const chunk = readChunkHeader(this.work8, pos, end);
+      const raw = this.chunks.raw(this.work8, chunk);
+      let p = readChunkIndices(raw, chunk.records, this.chunkSlots, slots.length);
+      for (let k = 0; k < chunk.records; k++) {
+        const type = raw[p++];
+        while ((raw[p++] & 0x80) !== 0); // the pfn; the image slot comes from the page's index
+        const at = slots[this.chunkSlots[k]] * pageSize;
+        if (type === RECORD_ZERO) image.fill(0, at, at + pageSize);
+        else p = decodeRemusPage(raw, p, raw.length, image, at, pageSize);
+      }
+      if (p !== raw.length) throw new Error(`${this.name}: a chunk's records end at ${p} of ${raw.length}`);
+      pos = chunk.end;
+    }
   }
 
   decodedPage(e: number, i: number): Uint8Array {
@@ -719,6 +752,8 @@ export function createCodec(name: CodecName, trace: PreparedTrace, cacheBytes = 
       return new OursWasmCodec(trace, cacheBytes, 'xbzrle-wasm');
     case 'xbzrle':
       return new OursCodec(trace, cacheBytes, 'xbzrle');
+    case 'ours-zstd':
+      return new OursCodec(trace, cacheBytes, 'ours-zstd');
     case 'zstd-1':
       return new ZstdPageCodec(trace);
     case 'lz4':
