@@ -1,0 +1,166 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { CACHE_POLICIES, FrequencySketch, LruSlots, TinyLfuSlots, createSlotPolicy, type SlotPolicy } from '../workers/cache-policy.js';
+
+type Op = { kind: 'use'; pfn: number } | { kind: 'remove'; pfn: number };
+
+/**
+ * Drive a policy the way the encoder does (lookup, insert on a miss) and
+ * check the invariants the stream relies on after every step: a slot has one
+ * owner, slots stay below slotCount, size never passes slotCount, a hit
+ * returns the slot the page was given, and a page leaves only by eviction
+ * or remove.
+ */
+function drive(policy: SlotPolicy, slotCount: number, ops: Op[]): { hits: number } {
+  const slotOf = new Map<number, number>();
+  const owner = new Map<number, number>();
+  let hits = 0;
+  for (const op of ops) {
+    if (op.kind === 'remove') {
+      policy.remove(op.pfn);
+      const slot = slotOf.get(op.pfn);
+      if (slot !== undefined) owner.delete(slot);
+      slotOf.delete(op.pfn);
+    } else {
+      const slot = policy.lookup(op.pfn);
+      if (slot >= 0) {
+        hits++;
+        expect(slotOf.get(op.pfn)).toBe(slot);
+      } else {
+        expect(slotOf.has(op.pfn), `pfn ${op.pfn} was cached but lookup missed`).toBe(false);
+        const given = policy.insert(op.pfn);
+        if (slotCount === 0) {
+          expect(given).toBe(-1);
+          continue;
+        }
+        expect(given).toBeGreaterThanOrEqual(0);
+        expect(given).toBeLessThan(slotCount);
+        // Whoever held the slot was evicted.
+        const previous = owner.get(given);
+        if (previous !== undefined) slotOf.delete(previous);
+        owner.set(given, op.pfn);
+        slotOf.set(op.pfn, given);
+      }
+    }
+    expect(policy.size).toBeLessThanOrEqual(slotCount);
+  }
+  // Every page the model holds is still there, in its slot (lookups count as uses, so check last).
+  for (const [pfn, slot] of slotOf) expect(policy.lookup(pfn)).toBe(slot);
+  return { hits };
+}
+
+const opArb = (pfns: number) =>
+  fc.oneof(
+    { weight: 9, arbitrary: fc.integer({ min: 0, max: pfns - 1 }).map((pfn): Op => ({ kind: 'use', pfn })) },
+    { weight: 1, arbitrary: fc.integer({ min: 0, max: pfns - 1 }).map((pfn): Op => ({ kind: 'remove', pfn })) },
+  );
+
+describe('slot policies', () => {
+  for (const name of CACHE_POLICIES) {
+    it(`${name}: one owner per slot, slots in range, hits in the slot given, under random use and removal`, () => {
+      fc.assert(
+        fc.property(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 1, max: 120 }), fc.array(opArb(120), { maxLength: 600 }), (slots, pfns, ops) => {
+          const bounded = ops.map((op) => ({ ...op, pfn: op.pfn % pfns }));
+          drive(createSlotPolicy(name, slots), slots, bounded);
+        }),
+        { numRuns: 300 },
+      );
+    });
+
+    it(`${name}: pfns above 2^32 are told apart`, () => {
+      const policy = createSlotPolicy(name, 4);
+      const a = 2 ** 40 + 5;
+      const b = 5;
+      const sa = policy.insert(a);
+      const sb = policy.insert(b);
+      expect(sa).not.toBe(sb);
+      expect(policy.lookup(a)).toBe(sa);
+      expect(policy.lookup(b)).toBe(sb);
+    });
+  }
+
+  it('lru: evicts exactly the least recently used page', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 16 }), fc.array(fc.integer({ min: 0, max: 40 }), { maxLength: 400 }), (slots, uses) => {
+        const policy = new LruSlots(slots);
+        const model: number[] = []; // most recent last
+        for (const pfn of uses) {
+          const hit = policy.lookup(pfn) >= 0;
+          const at = model.indexOf(pfn);
+          expect(hit).toBe(at >= 0);
+          if (at >= 0) model.splice(at, 1);
+          else {
+            policy.insert(pfn);
+            if (model.length === slots) model.shift();
+          }
+          model.push(pfn);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('tinylfu keeps pages dirtied again and again through a scan of once-seen pages; lru loses them', () => {
+    // 64 slots; 48 hot pages dirtied every round, then 200 pages seen once (a
+    // whole-image epoch, a scan). LRU flushes the hot set each round.
+    const rounds = 20;
+    const ops: Op[] = [];
+    let cold = 1_000;
+    for (let r = 0; r < rounds; r++) {
+      for (let h = 0; h < 48; h++) ops.push({ kind: 'use', pfn: h });
+      for (let c = 0; c < 200; c++) ops.push({ kind: 'use', pfn: cold++ });
+    }
+    const hotHits = (policy: SlotPolicy): number => {
+      let hits = 0;
+      for (const op of ops) {
+        const slot = policy.lookup(op.pfn);
+        if (slot >= 0) {
+          if (op.pfn < 48) hits++;
+        } else {
+          policy.insert(op.pfn);
+        }
+      }
+      return hits / (48 * rounds);
+    };
+    const lru = hotHits(new LruSlots(64));
+    const tiny = hotHits(new TinyLfuSlots(64));
+    expect(lru).toBe(0);
+    expect(tiny).toBeGreaterThan(0.8);
+  });
+
+  it('tinylfu with one slot: the window alone, every new page replaces the last', () => {
+    const policy = new TinyLfuSlots(1);
+    expect(policy.insert(7)).toBe(0);
+    expect(policy.lookup(7)).toBe(0);
+    expect(policy.insert(8)).toBe(0);
+    expect(policy.lookup(7)).toBe(-1);
+    expect(policy.size).toBe(1);
+  });
+});
+
+describe('FrequencySketch', () => {
+  it('never counts less than the true count (up to 15) before it ages', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: 2 ** 48 - 1 }), { minLength: 1, maxLength: 30 }), fc.array(fc.nat(200), { maxLength: 150 }), (pfns, picks) => {
+        // 100 slots: ages after 1000 increments, more than this test makes.
+        const sketch = new FrequencySketch(100);
+        const truth = new Map<number, number>();
+        for (const p of picks) {
+          const pfn = pfns[p % pfns.length];
+          sketch.increment(pfn);
+          truth.set(pfn, (truth.get(pfn) ?? 0) + 1);
+        }
+        for (const [pfn, n] of truth) expect(sketch.frequency(pfn)).toBeGreaterThanOrEqual(Math.min(n, 15));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('halves every count after 10 increments a slot, so old popularity fades', () => {
+    const sketch = new FrequencySketch(2); // ages every 20 increments
+    for (let i = 0; i < 12; i++) sketch.increment(42);
+    expect(sketch.frequency(42)).toBe(12);
+    for (let i = 0; i < 8; i++) sketch.increment(1_000_000 + i);
+    expect(sketch.frequency(42)).toBe(6);
+  });
+});
