@@ -43,6 +43,13 @@ const PFN_BYTES = 8;
 const ULEB_PAYLOAD_MASK = 0x7f;
 const ULEB_CONTINUE = 0x80;
 const ULEB_RADIX = 0x80;
+/**
+ * Codec 3 indices are below 2^28 (docs/FORMAT.md "Codec 3"). Chunk indices
+ * are read against this format bound, not the epoch bound, so that an index
+ * past the epoch bound is refused as FRAME_EPOCH_TOO_LARGE, as codec 1 and 2
+ * refuse an epoch of too many records, rather than as a malformed record.
+ */
+const CHUNK_INDEX_LIMIT = 2 ** 28;
 /** HTTP status for frames that are well formed but out of turn, and for image files in an unusable state. */
 const STATUS_CONFLICT = 409;
 
@@ -564,6 +571,13 @@ export class Receiver {
   /** Where a restarting frame (sequence 0) is trial-decoded while an older staging is kept (see applyFrame). */
   private readonly scratchPage: Uint8Array;
   private readonly scratchPfns = new Set<number>();
+  /**
+   * Codec 3: the indices a trial decode has seen, so that a restarting frame
+   * with a duplicate index is refused by the trial, before the older staging
+   * is dropped, and its pages are counted against the epoch bound as a
+   * staged frame's would be.
+   */
+  private readonly scratchSlots = new Set<number>();
   /** Decompresses codec 3 chunks (one zstd context and a MAX_CHUNK_RAW_BYTES scratch). */
   private readonly chunks = new ChunkReader();
   /** The slots (request-order indices) of the chunk being decoded. */
@@ -666,7 +680,8 @@ export class Receiver {
     st.codec = h.codec;
     st.nextSequence = h.sequence + 1;
 
-    const result: ApplyResult = { epoch: h.epoch, sequence: h.sequence, records: h.recordCount, committed: false, aborted: false };
+    // Page records staged, counted from the staging: under codec 3 recordCount counts chunks.
+    const result: ApplyResult = { epoch: h.epoch, sequence: h.sequence, records: st.count - base, committed: false, aborted: false };
     if ((h.flags & FLAG_LAST) !== 0) {
       this.commitStaged(h);
       result.committed = true;
@@ -794,7 +809,10 @@ export class Receiver {
         `${where}: recordCount ${h.recordCount} at byte ${FRAME_FIELD.recordCount} cannot fit payloadLength ${h.payloadLength} (a record takes at least ${MIN_RECORD_BYTES} bytes)`,
       );
     }
-    if (trial) this.scratchPfns.clear();
+    if (trial) {
+      this.scratchPfns.clear();
+      this.scratchSlots.clear();
+    }
     let pos = FRAME_HEADER_BYTES;
     if (h.codec !== CODEC_REMUS_ZSTD) {
       pos = this.decodePageRecords(frame, pos, end, h.recordCount, h.codec === CODEC_XBZRLE, where, trial);
@@ -814,21 +832,23 @@ export class Receiver {
         try {
           chunk = readChunkHeader(frame, pos, end);
           raw = this.chunks.raw(frame, chunk);
-          recordsStart = readChunkIndices(raw, chunk.records, this.chunkSlots, this.maxEpochRecords);
+          recordsStart = readChunkIndices(raw, chunk.records, this.chunkSlots, CHUNK_INDEX_LIMIT);
         } catch (err) {
           if (err instanceof CodecError) throw new FrameError('FRAME_BAD_RECORD', `${where}: chunk ${r} at byte ${chunkStart}: ${err.code}: ${err.message}`);
           throw err;
         }
         // The frame's recordCount counts chunks: the pages are known only now.
-        const staged = trial ? 0 : this.staging.count;
-        if (staged + chunk.records > this.maxEpochRecords) {
+        const staged = trial ? this.scratchSlots.size : this.staging.count;
+        // Indices increase within a chunk: the last is the highest. An index
+        // past the bound means an epoch of more records than the bound.
+        const highest = this.chunkSlots[chunk.records - 1];
+        if (staged + chunk.records > this.maxEpochRecords || highest >= this.maxEpochRecords) {
           throw new FrameError(
             'FRAME_EPOCH_TOO_LARGE',
-            `${where}: chunk ${r} at byte ${chunkStart} brings the epoch to ${staged + chunk.records} records of ${this.pageSize} bytes, over the ${this.maxEpochRecords * this.pageSize}-byte epoch bound`,
+            `${where}: chunk ${r} at byte ${chunkStart} brings the epoch to ${staged + chunk.records} records, up to index ${highest}, of ${this.pageSize} bytes, over the ${this.maxEpochRecords * this.pageSize}-byte epoch bound`,
           );
         }
-        // Indices increase within a chunk: the last is the highest.
-        if (!trial) this.staging.reserve(this.chunkSlots[chunk.records - 1] + 1);
+        if (!trial) this.staging.reserve(highest + 1);
         const inner = `${where} chunk ${r} (at byte ${chunkStart}; byte offsets within its ${chunk.rawLength} raw bytes)`;
         const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, this.chunkSlots);
         if (innerEnd !== chunk.rawLength) {
@@ -882,7 +902,7 @@ export class Receiver {
         throw new FrameError('FRAME_DUPLICATE_PFN', `${where}: record ${r} at byte ${recordStart}: pfn ${pfn} already has a record in this epoch`);
       }
       const slot = slots === null ? st.nextSlot : slots[r];
-      if (!trial && st.isFilled(slot)) {
+      if (trial ? slots !== null && this.scratchSlots.has(slot) : st.isFilled(slot)) {
         throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: index ${slot} of the epoch already has a record`);
       }
       const dst = trial ? this.scratchPage : st.pages;
@@ -916,8 +936,12 @@ export class Receiver {
           throw err;
         }
       }
-      if (trial) this.scratchPfns.add(pfn);
-      else st.add(pfn, slot);
+      if (trial) {
+        this.scratchPfns.add(pfn);
+        if (slots !== null) this.scratchSlots.add(slot);
+      } else {
+        st.add(pfn, slot);
+      }
     }
     return pos;
   }

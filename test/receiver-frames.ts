@@ -3,11 +3,25 @@
  * writeFrameHeader/sealFrame + digest groups), independent of the worker
  * pipeline, so receiver tests do not depend on the sender being right.
  */
+import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_STORED, ChunkWriter } from '../src/codec/chunk.js';
 import { encodeRemusDelta, encodeRemusFull, remusMaxEncodedBytes } from '../src/codec/remus.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from '../src/digest.js';
 import { writePfn } from '../src/epoch-record.js';
 import { sealFrame, writeFrameHeader } from '../src/frames.js';
-import { CODEC_REMUS, FLAG_LAST, FLAG_RESYNC, FRAME_HEADER_BYTES, RECORD_REMUS, RECORD_ZERO, pageShiftOf, uleb128Length, writeUleb128 } from '../src/wire.js';
+import {
+  CHUNK_HEADER_MAX_BYTES,
+  CODEC_REMUS,
+  CODEC_REMUS_ZSTD,
+  FLAG_LAST,
+  FLAG_RESYNC,
+  FRAME_HEADER_BYTES,
+  RECORD_CHUNK,
+  RECORD_REMUS,
+  RECORD_ZERO,
+  pageShiftOf,
+  uleb128Length,
+  writeUleb128,
+} from '../src/wire.js';
 
 /** One page record: its type, pfn and body, and the page it leaves behind. */
 export interface RecordSpec {
@@ -129,6 +143,80 @@ export function epochFrames(records: RecordSpec[], options: EpochFramesOptions):
     start += perFrame;
   } while (start < records.length);
   return frames;
+}
+
+// ------------------------------------------------------------- codec 3 chunks
+
+let chunkWriter: ChunkWriter | null = null;
+
+/** The raw chunk's index section for increasing request-order `indices`: the first index, then the gaps (docs/FORMAT.md "Codec 3"). */
+export function chunkIndexSection(indices: number[]): Uint8Array {
+  const out = new Uint8Array(indices.reduce((n, _, k) => n + uleb128Length(k === 0 ? indices[0] : indices[k] - indices[k - 1] - 1), 0));
+  let pos = writeUleb128(out, 0, indices[0]);
+  for (let k = 1; k < indices.length; k++) pos = writeUleb128(out, pos, indices[k] - indices[k - 1] - 1);
+  return out;
+}
+
+/**
+ * One codec 3 chunk record, written by the real ChunkWriter (zstd when that
+ * is smaller, stored otherwise): `records` (page record bytes) at the
+ * request-order `indices`, which must increase.
+ */
+export function chunkRecord(indices: number[], records: Uint8Array[]): Uint8Array {
+  if (indices.length !== records.length) throw new RangeError(`chunkRecord: ${indices.length} indices for ${records.length} records`);
+  const body = concat(records);
+  const scratch = new Uint8Array(CHUNK_INDEX_RESERVE_BYTES + body.length);
+  scratch.set(body, CHUNK_INDEX_RESERVE_BYTES);
+  const out = new Uint8Array(CHUNK_HEADER_MAX_BYTES + chunkIndexSection(indices).length + body.length);
+  chunkWriter ??= new ChunkWriter();
+  const end = chunkWriter.write(scratch, scratch.length, Int32Array.from(indices), 0, indices.length, out, 0);
+  return out.slice(0, end);
+}
+
+/**
+ * A stored chunk record built by hand around any raw bytes (index section
+ * and records, or anything else), claiming `records` page records: for the
+ * chunks the writer would never produce.
+ */
+export function storedChunk(records: number, raw: Uint8Array): Uint8Array {
+  const out = new Uint8Array(CHUNK_HEADER_MAX_BYTES + raw.length);
+  out[0] = RECORD_CHUNK;
+  out[1] = CHUNK_STORED;
+  let pos = writeUleb128(out, 2, records);
+  pos = writeUleb128(out, pos, raw.length);
+  pos = writeUleb128(out, pos, raw.length);
+  out.set(raw, pos);
+  return out.slice(0, pos + raw.length);
+}
+
+/** A sealed codec 3 frame whose payload is `chunks` (recordCount counts the chunks). */
+export function chunkFrame(fields: Omit<HeaderFields, 'recordCount' | 'codec'> & { recordCount?: number }, chunks: Uint8Array[], pageSize = 4096): Uint8Array {
+  return buildFrame({ ...fields, codec: CODEC_REMUS_ZSTD, recordCount: fields.recordCount ?? chunks.length }, concat(chunks), pageSize);
+}
+
+/**
+ * The codec 3 frames of one epoch whose pages are `records` in request
+ * order. `layout[f]` lists frame f's chunks, each as the request-order
+ * indices (into `records`, increasing) of its pages, in any order across
+ * chunks and frames, the way partitioned workers send them. The LAST frame's
+ * count and digest cover `records` in request order, unless overridden.
+ */
+export function chunkedEpochFrames(records: RecordSpec[], layout: number[][][], options: EpochFramesOptions): Uint8Array[] {
+  const resync = options.resync ? FLAG_RESYNC : 0;
+  return layout.map((chunks, f) => {
+    const last = f === layout.length - 1;
+    return chunkFrame(
+      {
+        epoch: options.epoch,
+        sequence: f,
+        flags: resync | (last ? FLAG_LAST : 0),
+        epochPageCount: last ? (options.epochPageCount ?? records.length) : 0,
+        epochDigest: last ? (options.epochDigest ?? epochDigest(records, options.pageSize, options.epoch, options.resync ?? false)) : undefined,
+      },
+      chunks.map((indices) => chunkRecord(indices, indices.map((i) => recordBytes(records[i])))),
+      options.pageSize,
+    );
+  });
 }
 
 /**
