@@ -6,7 +6,7 @@
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { KIND_RAW } from './epoch-record.js';
-import { FrameError } from './errors.js';
+import { CodecError, FrameError } from './errors.js';
 import { FRAME_FIELD, FrameSplitter, computeFrameCrc, readFrameHeader, readU32 } from './frames.js';
 import { openTrace, TRACE_MAGIC } from './trace.js';
 import { ChunkReader, MAX_CHUNK_RECORDS, readChunkHeader, readChunkIndices, type ChunkHeader } from './codec/chunk.js';
@@ -181,7 +181,8 @@ export function countRecords(payload: Uint8Array, recordCount: number, pageSize:
       const raw = chunkReader.raw(payload, header);
       records = raw.subarray(readChunkIndices(raw, header.records, chunkSlots, MAX_CHUNK_INDEX));
     } catch (err) {
-      return { counts, error: `chunk ${n} at payload byte ${pos}: ${(err as Error).message}` };
+      const code = err instanceof CodecError ? `${err.code}: ` : '';
+      return { counts, error: `chunk ${n} at payload byte ${pos}: ${code}${(err as Error).message}` };
     }
     const inner = countPageRecords(records, header.records, pageSize, CODEC_REMUS, counts);
     if (inner.error !== undefined) return { counts, error: `chunk ${n} at payload byte ${pos}: ${inner.error}` };

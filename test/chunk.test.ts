@@ -290,6 +290,12 @@ describe('ChunkWriter / readChunkHeader / ChunkReader.raw / readChunkIndices rou
     expect(() => writer.write(scratch, scratch.length, Int32Array.of(0), 0, 1, new Uint8Array(CHUNK_HEADER_MAX_BYTES + 17 - 1), 0)).toThrow(RangeError);
     expect(() => writer.write(scratch, scratch.length, Int32Array.of(0), 0, 1, new Uint8Array(CHUNK_HEADER_MAX_BYTES + 17), -1)).toThrow(RangeError);
     expect(() => writer.write(scratch, scratch.length, Int32Array.of(0), 0, 1, new Uint8Array(CHUNK_HEADER_MAX_BYTES + 17), 0)).not.toThrow();
+    // Indices the reserve in front of the records cannot hold: not increasing, a gap of 2^21, a first index of 2^28.
+    expect(() => writer.write(scratch, scratch.length, Int32Array.of(5, 5), 0, 2, out, 0)).toThrow(RangeError);
+    expect(() => writer.write(scratch, scratch.length, Int32Array.of(5, 4), 0, 2, out, 0)).toThrow(RangeError);
+    expect(() => writer.write(scratch, scratch.length, Int32Array.of(0, 2 ** 21 + 1), 0, 2, out, 0)).toThrow(RangeError);
+    expect(() => writer.write(scratch, scratch.length, Int32Array.of(0, 2 ** 21), 0, 2, out, 0)).not.toThrow();
+    expect(() => writer.write(scratch, scratch.length, Int32Array.of(2 ** 28), 0, 1, out, 0)).toThrow(RangeError);
   });
 });
 

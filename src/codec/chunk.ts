@@ -50,6 +50,9 @@ const MAX_LENGTH_BYTES = 3;
 
 /** ULEB128 bytes of a first index below 2^28 (CHUNK_OVERHEAD_BYTES counts on it). */
 const CHUNK_FIRST_INDEX_MAX_BYTES = 4;
+/** First indices are below 2^28 (4 ULEB128 bytes), gaps below 2^21 (3): what the index reserve is sized for. */
+const MAX_FIRST_INDEX = 2 ** 28;
+const MAX_GAP = 2 ** 21;
 /** Most page records in one chunk: bounds the index section the encoder reserves and the receiver parses. */
 export const MAX_CHUNK_RECORDS = 4096;
 /**
@@ -104,8 +107,14 @@ export class ChunkWriter {
   write(scratch: Uint8Array, recordsEnd: number, indices: Int32Array, first: number, end: number, out: Uint8Array, pos: number): number {
     const records = end - first;
     if (records < 1 || records > MAX_CHUNK_RECORDS) throw new RangeError(`ChunkWriter.write: ${records} records in one chunk`);
+    // The reserve in front of the records holds a first index below 2^28 and gaps below 2^21.
+    if (indices[first] < 0 || indices[first] >= MAX_FIRST_INDEX) throw new RangeError(`ChunkWriter.write: first index ${indices[first]}`);
     let indexBytes = ulebBytes(indices[first]);
-    for (let k = first + 1; k < end; k++) indexBytes += ulebBytes(indices[k] - indices[k - 1] - 1);
+    for (let k = first + 1; k < end; k++) {
+      const gap = indices[k] - indices[k - 1] - 1;
+      if (gap < 0 || gap >= MAX_GAP) throw new RangeError(`ChunkWriter.write: indices ${indices[k - 1]}, ${indices[k]} do not increase by less than 2^21`);
+      indexBytes += ulebBytes(gap);
+    }
     const rawStart = CHUNK_INDEX_RESERVE_BYTES - indexBytes;
     let p = writeUleb128(scratch, rawStart, indices[first]);
     for (let k = first + 1; k < end; k++) p = writeUleb128(scratch, p, indices[k] - indices[k - 1] - 1);
