@@ -3,13 +3,19 @@
  * epoch records and a sink that drops frames. With bench/load.ts (the same
  * epochs over loopback HTTP) it shows what HTTP and the client cost.
  *
- *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N] [--codec remus,remus-zstd]
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N] [--codec remus,remus-zstd] [--kernel wasm,js]
  *
+ * `--kernel wasm,js` runs each setting with the workers' WebAssembly kernel
+ * and with the TypeScript codecs (default: both, one after the other in the
+ * same run); `--check` also hashes every frame (inside the timed epochs) and
+ * fails if the kernels' frames differ.
  * `--cache-bytes 0` makes every page a miss, sent FULL: what epoch 0 and cold
  * pages cost.
  */
 import { parseArgs } from 'node:util';
-import { Sender } from '../src/sender.js';
+import { createHash } from 'node:crypto';
+import { Sender, isKernelChoice, KERNEL_CHOICES } from '../src/sender.js';
+import type { KernelChoice } from '../workers/protocol.js';
 import type { FrameSink } from '../src/merge.js';
 import { makeEpochs } from './load.js';
 import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
@@ -22,37 +28,51 @@ const { values } = parseArgs({
     epochs: { type: 'string', default: '12' },
     'cache-bytes': { type: 'string' },
     codec: { type: 'string', default: 'remus-zstd' },
+    kernel: { type: 'string', default: 'wasm,js' },
+    check: { type: 'boolean', default: false },
   },
 });
 const codecs = values.codec.split(',');
 for (const codec of codecs) if (!isCodecName(codec)) throw new Error(`--codec: ${codec} is not one of ${CODEC_NAMES.join(', ')}`);
+const kernels = values.kernel.split(',');
+for (const kernel of kernels) if (!isKernelChoice(kernel)) throw new Error(`--kernel: ${kernel} is not one of ${KERNEL_CHOICES.join(', ')}`);
 const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
 const records = makeEpochs(1, pages, Number(values.epochs));
-const sink: FrameSink = { begin() {}, write(_frame, release) { release(null); } };
+/** Hash of the frames of the run in progress: every kernel must send the same bytes. */
+let framesHash = createHash('sha256');
+const check = values.check;
+const sink: FrameSink = { begin() {}, write(frame, release) { if (check) framesHash.update(frame); release(null); } };
 
 async function* once(record: Uint8Array): AsyncGenerator<Uint8Array> {
   yield record;
 }
 
 for (const codec of codecs as CodecName[]) for (const workers of values.workers.split(',').map(Number)) {
-  const sender = new Sender({ workers });
-  const cacheBytes = values['cache-bytes'] === undefined ? undefined : Number(values['cache-bytes']);
-  const stream = sender.create({ workers, cacheBytes, codec });
-  let bytesOut = 0;
-  let bytesIn = 0;
-  const rates: number[] = [];
-  for (const record of records) {
-    const started = process.hrtime.bigint();
-    const summary = await stream.runEpoch(once(record), record.length, sink);
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    // Epoch 0 is the image; the first dirty epoch warms the JIT.
-    if (summary.epoch >= 2) {
-      rates.push(summary.bytesIn / seconds / 1e9);
-      bytesIn += summary.bytesIn;
-      bytesOut += summary.bytesOut;
+  let firstHash: string | null = null;
+  for (const kernel of kernels as KernelChoice[]) {
+    const sender = new Sender({ workers, kernel });
+    framesHash = createHash('sha256');
+    const cacheBytes = values['cache-bytes'] === undefined ? undefined : Number(values['cache-bytes']);
+    const stream = sender.create({ workers, cacheBytes, codec });
+    let bytesOut = 0;
+    let bytesIn = 0;
+    const rates: number[] = [];
+    for (const record of records) {
+      const started = process.hrtime.bigint();
+      const summary = await stream.runEpoch(once(record), record.length, sink);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      // Epoch 0 is the image; the first dirty epoch warms the JIT.
+      if (summary.epoch >= 2) {
+        rates.push(summary.bytesIn / seconds / 1e9);
+        bytesIn += summary.bytesIn;
+        bytesOut += summary.bytesOut;
+      }
     }
+    rates.sort((a, b) => a - b);
+    const hash = framesHash.digest('hex');
+    firstHash ??= hash;
+    if (check && hash !== firstHash) throw new Error(`${codec}, ${workers} worker(s): the ${kernel} kernel's frames differ from the ${kernels[0]} kernel's`);
+    console.log(`${codec}, ${workers} worker(s), ${kernel}, ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs, out/in ${(bytesOut / bytesIn).toFixed(4)}`);
+    await sender.close();
   }
-  rates.sort((a, b) => a - b);
-  console.log(`${codec}, ${workers} worker(s), ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs, out/in ${(bytesOut / bytesIn).toFixed(4)}`);
-  await sender.close();
 }

@@ -10,7 +10,9 @@ import { ProgressBar } from './progress.js';
 import { runReceive } from './receive-cli.js';
 import { formatReplay, replay } from './replay.js';
 import { CODEC_NAMES, isCodecName } from './wire.js';
-import { DEFAULT_EPOCHS_PER_WORKER, DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET_BYTES } from './sender.js';
+import {
+  DEFAULT_EPOCHS_PER_WORKER, DEFAULT_KERNEL, DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET_BYTES, isKernelChoice, KERNEL_CHOICES,
+} from './sender.js';
 
 /** Exit status for a usage or configuration error. */
 const EXIT_USAGE = 2;
@@ -44,6 +46,8 @@ Options (environment variable in brackets):
   --max-epoch-bytes N    largest epoch body, bytes or 64MiB/1GiB (default 1GiB) [REMUS_MAX_EPOCH_BYTES]
   --memory-budget N      all streams' caches and slabs together (default 4GiB)     [REMUS_MEMORY_BUDGET]
   --max-concurrent-epochs N  epochs in flight, all streams (default ${DEFAULT_EPOCHS_PER_WORKER} x workers) [REMUS_MAX_CONCURRENT_EPOCHS]
+  --kernel wasm|js       page codecs in the workers: wasm (default, the WebAssembly
+                         SIMD kernel) or js (portable TypeScript); same bytes [REMUS_KERNEL]
   --with-receiver        also serve the receiver routes (/v1/images) in this process [REMUS_WITH_RECEIVER=1]
   --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (default info) [REMUS_LOG_LEVEL]
   -h, --help             this help
@@ -145,6 +149,7 @@ async function serve(argv: string[]): Promise<number> {
       'log-level': { type: 'string' },
       'memory-budget': { type: 'string' },
       'max-concurrent-epochs': { type: 'string' },
+      kernel: { type: 'string' },
       'allow-remote': { type: 'boolean' },
       'token-file': { type: 'string' },
       socket: { type: 'string' },
@@ -166,6 +171,8 @@ async function serve(argv: string[]): Promise<number> {
   const workersText = setting(values, 'workers', 'REMUS_WORKERS');
   const maxStreamsText = setting(values, 'max-streams', 'REMUS_MAX_STREAMS');
   const maxEpochText = setting(values, 'max-epoch-bytes', 'REMUS_MAX_EPOCH_BYTES');
+  const kernel = setting(values, 'kernel', 'REMUS_KERNEL') ?? DEFAULT_KERNEL;
+  if (!isKernelChoice(kernel)) throw new UsageError(`--kernel: '${kernel}' is not one of ${KERNEL_CHOICES.join(', ')}`);
   const level = setting(values, 'log-level', 'REMUS_LOG_LEVEL') ?? 'info';
   if (!LOG_LEVELS.includes(level)) throw new UsageError(`--log-level: '${level}' is not one of ${LOG_LEVELS.join(', ')}`);
   const withReceiver = values['with-receiver'] === true || envFlag('with-receiver', 'REMUS_WITH_RECEIVER');
@@ -186,6 +193,7 @@ async function serve(argv: string[]): Promise<number> {
       workers: workersText === undefined ? undefined : parseCount('workers', workersText, 1, 64),
       maxStreams: maxStreamsText === undefined ? DEFAULT_MAX_STREAMS : parseCount('max-streams', maxStreamsText, 1, 4096),
       maxEpochBytes: maxEpochText === undefined ? DEFAULT_MAX_EPOCH_BYTES : parseSize('max-epoch-bytes', maxEpochText),
+      kernel,
     },
     receiver: withReceiver ? {} : undefined,
   });

@@ -3,6 +3,7 @@ import { ServiceError } from './errors.js';
 import { minFrameBytes } from './frames.js';
 import { Stream, type StreamConfig, type StreamHost } from './stream.js';
 import { WorkerPool } from './worker-pool.js';
+import type { KernelChoice } from '../workers/protocol.js';
 import { CODEC_NAMES, MAX_FRAME_BYTES, PFN_LIMIT, isCodecName, pageShiftOf, type CodecName } from './wire.js';
 
 export interface SenderOptions {
@@ -22,6 +23,19 @@ export interface SenderOptions {
   maxConcurrentEpochs?: number;
   /** Let tests make a worker exit (never in production). */
   allowFaults?: boolean;
+  /**
+   * Page codecs the workers run: 'wasm' (default), the WebAssembly SIMD
+   * kernel (src/codec/remus-wasm.ts), or 'js', the portable TypeScript
+   * codecs. Both send the same bytes.
+   */
+  kernel?: KernelChoice;
+}
+
+export const KERNEL_CHOICES: readonly KernelChoice[] = ['wasm', 'js'];
+export const DEFAULT_KERNEL: KernelChoice = 'wasm';
+
+export function isKernelChoice(value: unknown): value is KernelChoice {
+  return value === 'wasm' || value === 'js';
 }
 
 export const DEFAULT_PAGE_SIZE = 4096;
@@ -61,6 +75,7 @@ export class Sender implements StreamHost {
   readonly maxEpochBytes: number;
   readonly memoryBudgetBytes: number;
   readonly maxConcurrentEpochs: number;
+  readonly kernel: KernelChoice;
   private readonly streams = new Map<string, Stream>();
   private nextId = 1;
   private nextFirstWorker = 0;
@@ -73,6 +88,11 @@ export class Sender implements StreamHost {
     if (!Number.isInteger(workers) || workers < 1 || workers > MAX_PARTITIONS) {
       throw new ServiceError('INVALID_CONFIG', `workers must be an integer from 1 to ${MAX_PARTITIONS}, got ${workers}`);
     }
+    const kernel = options.kernel ?? DEFAULT_KERNEL;
+    if (!isKernelChoice(kernel)) {
+      throw new ServiceError('INVALID_CONFIG', `kernel must be one of ${KERNEL_CHOICES.map((k) => `'${k}'`).join(', ')}, got ${JSON.stringify(kernel)}`);
+    }
+    this.kernel = kernel;
     this.pool = new WorkerPool({ workers, allowFaults: options.allowFaults });
     this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.maxEpochBytes = options.maxEpochBytes ?? DEFAULT_MAX_EPOCH_BYTES;
@@ -182,8 +202,11 @@ export class Sender implements StreamHost {
         { 'retry-after': String(MEMORY_RETRY_AFTER_S) },
       );
     }
+    // All of a stream's caches and slabs share one wasm memory (4 GiB at most).
+    const problem = Stream.configProblem(config);
+    if (problem !== null) throw new ServiceError('INVALID_CONFIG', problem);
     const id = `s${this.nextId++}`;
-    const stream = new Stream(id, config, this.pool, this.nextFirstWorker, this);
+    const stream = new Stream(id, config, this.pool, this.nextFirstWorker, this, this.kernel);
     this.nextFirstWorker = (this.nextFirstWorker + config.partitions) % this.pool.size;
     this.streams.set(id, stream);
     return stream;

@@ -5,9 +5,10 @@ import { encodeAbortFrame, maxRecordBytes } from './frames.js';
 import { FrameAssembler, type FrameSink } from './merge.js';
 import { BatchSharder } from './sharding.js';
 import type { WorkerPool } from './worker-pool.js';
-import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask } from '../workers/protocol.js';
+import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type KernelChoice } from '../workers/protocol.js';
 import { CHUNK_OVERHEAD_BYTES, FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
-import { chunkLimitBytes } from './codec/chunk.js';
+import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkLimitBytes } from './codec/chunk.js';
+import { createKernelMemory, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory } from './codec/remus-wasm.js';
 
 export interface StreamConfig {
   pageSize: number;
@@ -114,17 +115,24 @@ export class Stream implements InputSlabProvider {
   private readonly sharder: BatchSharder;
 
   /**
-   * One SharedArrayBuffer for the batch record regions and the frame slabs
-   * (the first `workBytes`), then the input slab (the epoch record as
-   * received). One buffer, so that a worker copies a FULL page from the
-   * input into its record, and the merge copies records into frames, with
-   * copyWithin: native, and no view per page.
+   * The arena: one shared WebAssembly.Memory holding the batch record
+   * regions and the frame slabs (the first `workBytes`), every partition's
+   * cache slab and (codec 3) chunk scratch, then the input slab (the epoch
+   * record as received), from `inputStart` to the end. One memory, so that
+   * the workers' wasm kernel reads input pages, compares and updates cache
+   * slots and writes records in one address space, and the merge copies
+   * records into frames with copyWithin: native, and no view per page. Only
+   * the input slab grows (memory.grow, in place, between epochs).
    */
+  private readonly memory: KernelMemory;
+  /** The memory's buffer as of the last grow. */
   private arena: SharedArrayBuffer;
   private arena8: Uint8Array;
-  private readonly workBytes: number;
-  /** The input slab: the arena after `workBytes`. */
+  private readonly layout: SlabLayout;
+  /** The input slab: the arena from `layout.inputStart` on. */
   private input8: Uint8Array;
+  /** Which codecs the workers run: the wasm kernel or the TypeScript ones (same bytes). */
+  readonly kernel: KernelChoice;
   private readonly frameSlabStarts: number[];
   private readonly indices: SharedArrayBuffer;
   private readonly indices32: Int32Array;
@@ -152,7 +160,7 @@ export class Stream implements InputSlabProvider {
   /** The running epoch's frame assembler, for the in-flight frame count. */
   private assembler: FrameAssembler | null = null;
 
-  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number, host: StreamHost | null = null) {
+  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number, host: StreamHost | null = null, kernel: KernelChoice = 'wasm') {
     this.id = id;
     this.config = config;
     this.pool = pool;
@@ -160,23 +168,36 @@ export class Stream implements InputSlabProvider {
     this.pageShift = pageShiftOf(config.pageSize);
     this.workerOf = Array.from({ length: config.partitions }, (_, k) => (firstWorker + k) % pool.size);
     this.cachedPerPartition = new Array<number>(config.partitions).fill(0);
+    this.kernel = kernel;
     const layout = slabLayout(config);
+    const problem = arenaProblem(config, layout);
+    if (problem !== null) throw new ServiceError('INVALID_CONFIG', problem);
+    this.layout = layout;
     this.batchPages = layout.batchPages;
     this.regionBytesPerPage = layout.regionBytesPerPage;
     this.sharder = new BatchSharder(config.partitions, this.batchPages);
-    this.workBytes = layout.workBytes;
-    this.arena = new SharedArrayBuffer(layout.workBytes);
+    this.memory = createKernelMemory(layout.inputStart, layout.maxArenaBytes);
+    this.arena = this.memory.buffer as SharedArrayBuffer;
     this.arena8 = new Uint8Array(this.arena);
-    this.input8 = new Uint8Array(this.arena, this.workBytes, 0);
+    this.input8 = new Uint8Array(this.arena, layout.inputStart, 0);
     this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => layout.framesStart + i * layout.slabStride);
     this.indices = new SharedArrayBuffer(layout.indexBytes);
     this.indices32 = new Int32Array(this.indices);
   }
 
-  /** The slab bytes a stream of this configuration allocates when it is created (before its first epoch). */
+  /**
+   * The slab bytes a stream of this configuration allocates when it is
+   * created (before its first epoch), besides its cache pages: those are
+   * counted as the config's cacheBytes (see slabBytes).
+   */
   static initialSlabBytes(config: StreamConfig): number {
     const layout = slabLayout(config);
-    return layout.workBytes + layout.indexBytes;
+    return layout.inputStart - layout.cacheSlotBytes + layout.indexBytes;
+  }
+
+  /** Why a stream of this configuration cannot be made (its arena would pass wasm32's 4 GiB), or null. */
+  static configProblem(config: StreamConfig): string | null {
+    return arenaProblem(config, slabLayout(config));
   }
 
   /** Frames handed to the socket whose write has not completed yet (at most the 3 frame slabs). */
@@ -191,9 +212,7 @@ export class Stream implements InputSlabProvider {
 
   /** Cache pages per partition: the byte budget split as evenly as whole pages allow. */
   slotCount(partition: number): number {
-    const total = Math.floor(this.config.cacheBytes / this.config.pageSize);
-    const { partitions } = this.config;
-    return Math.floor(total / partitions) + (partition < total % partitions ? 1 : 0);
+    return slotCountOf(this.config, partition);
   }
 
   get nextEpoch(): number {
@@ -204,10 +223,14 @@ export class Stream implements InputSlabProvider {
     return this.running !== null;
   }
 
-  /** Bytes of memory this stream holds on the main thread (slabs), for budgets and metrics. */
+  /**
+   * Bytes of memory this stream holds in slabs, for budgets and metrics: the
+   * arena without its cache pages (counted once, as config.cacheBytes, which
+   * they never exceed), and the main thread's other slabs.
+   */
   get slabBytes(): number {
     return (
-      this.arena.byteLength + this.indices.byteLength + this.records.byteLength +
+      this.arena.byteLength - this.layout.cacheSlotBytes + this.indices.byteLength + this.records.byteLength +
       this.groupHashes.byteLength + this.scratch.byteLength + this.lastPfns.byteLength
     );
   }
@@ -232,16 +255,27 @@ export class Stream implements InputSlabProvider {
   // InputSlabProvider: called by the body reader once the epoch header has
   // been accepted, before any page is read: an epoch the memory budget cannot
   // hold is refused there and changes nothing.
-  // The arena is replaced between epochs only: the previous epoch's frames
-  // have all been released and no task of it is running.
+  // The arena grows (in place, whole wasm pages) between epochs only: no
+  // task of the previous epoch is running, and its views stay valid.
   inputSlab(bytes: number): Uint8Array {
     const capacity = this.input8.byteLength;
     if (capacity < bytes) {
-      const wanted = Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes));
-      const size = this.reserve(capacity, bytes, wanted, 'input slab');
-      this.arena = new SharedArrayBuffer(this.workBytes + size);
+      const { inputStart, maxArenaBytes } = this.layout;
+      const room = maxArenaBytes - inputStart;
+      if (bytes > room) {
+        throw new ServiceError(
+          'EPOCH_TOO_LARGE',
+          `epoch record of ${bytes} bytes does not fit stream ${this.id}'s arena: its caches and slabs take ${inputStart} bytes of the ${maxArenaBytes} a stream may hold, leaving ${room}`,
+          413,
+        );
+      }
+      const needed = alignUp(bytes, WASM_PAGE_BYTES);
+      const wanted = Math.min(room, alignUp(Math.max(bytes, Math.min(growTo(bytes), this.config.maxEpochBytes)), WASM_PAGE_BYTES));
+      const size = this.reserve(capacity, needed, wanted, 'input slab');
+      this.memory.grow((size - capacity) / WASM_PAGE_BYTES);
+      this.arena = this.memory.buffer as SharedArrayBuffer;
       this.arena8 = new Uint8Array(this.arena);
-      this.input8 = new Uint8Array(this.arena, this.workBytes, size);
+      this.input8 = new Uint8Array(this.arena, inputStart, size);
     }
     return this.input8;
   }
@@ -378,7 +412,7 @@ export class Stream implements InputSlabProvider {
       // short body, an abort while waiting for it) left the stream as it
       // was; one that got further is aborted and its pages leave the cache.
       if (meta !== null && dispatched) {
-        await this.invalidate(this.arena, this.workBytes + meta.layout.pfnOffset, meta.count);
+        await this.invalidate(this.arena, this.layout.inputStart + meta.layout.pfnOffset, meta.count);
         this.stats.epochsAborted++;
       }
       if (assembler !== null && assembler.started && meta !== null) {
@@ -412,6 +446,7 @@ export class Stream implements InputSlabProvider {
     const groupStart = first / DIGEST_GROUP_PAGES;
     const groupEnd = digestGroupCount(end);
     const tasks: Promise<EncodeResult | null>[] = [];
+    const base = this.layout.inputStart;
     for (let p = 0; p < partitions; p++) {
       const indexStart = this.sharder.starts[p];
       const indexCount = this.sharder.counts[p];
@@ -426,11 +461,11 @@ export class Stream implements InputSlabProvider {
         pageSize,
         codec: codecByte(this.config.codec),
         slotCount: this.slotCount(p),
-        // Offsets in the arena: the input slab starts after the work regions.
+        // Offsets in the arena: the input slab starts after the work regions and the caches.
         input: this.arena,
-        pfnOffset: this.workBytes + meta.layout.pfnOffset,
-        kindOffset: this.workBytes + meta.layout.kindOffset,
-        pageOffset: this.workBytes + meta.layout.pageOffset,
+        pfnOffset: base + meta.layout.pfnOffset,
+        kindOffset: base + meta.layout.kindOffset,
+        pageOffset: base + meta.layout.pageOffset,
         indices: this.indices,
         indexStart,
         indexCount,
@@ -444,6 +479,10 @@ export class Stream implements InputSlabProvider {
         groupEnd,
         groupStep: partitions,
         pageCount: meta.count,
+        memory: this.memory,
+        cacheOffset: this.layout.cacheOffsets[p],
+        scratchOffset: this.layout.scratchOffsets[p],
+        kernel: this.kernel,
       };
       tasks.push(this.pool.run(this.workerOf[p], task).then((r) => {
         if (r !== null) this.cachedPerPartition[p] = r.cachedPages;
@@ -654,9 +693,45 @@ interface SlabLayout {
   slabStride: number;
   workBytes: number;
   indexBytes: number;
+  /** Byte offset in the arena of partition k's cache slab (slotCount(k) pages). */
+  cacheOffsets: number[];
+  /** Bytes of all the cache slabs' pages: what config.cacheBytes stands for. */
+  cacheSlotBytes: number;
+  /** Byte offset of partition k's codec 3 chunk scratch (-1 under the other codecs). */
+  scratchOffsets: number[];
+  /** Start of the input slab: the arena's size before any epoch (whole wasm pages). */
+  inputStart: number;
+  /** The most the arena may grow to: room for an epoch of maxEpochBytes, within wasm32. */
+  maxArenaBytes: number;
 }
 
-/** Sizes of the slabs a stream allocates at creation: batch record regions, then the frame slabs; the batch index. */
+/** Codec 3's per-partition chunk scratch: the index section reserve and a chunk's records. */
+const CHUNK_SCRATCH_BYTES = CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES;
+/**
+ * The largest arena: wasm32's 4 GiB less one wasm page, so that no range the
+ * kernel is given ends at 2^32 (its positions are u32 and the top values are
+ * error codes).
+ */
+const ARENA_LIMIT_BYTES = (KERNEL_MAX_MEMORY_PAGES - 1) * WASM_PAGE_BYTES;
+
+/** Cache pages of partition k: the byte budget split as evenly as whole pages allow. */
+function slotCountOf(config: StreamConfig, partition: number): number {
+  const total = Math.floor(config.cacheBytes / config.pageSize);
+  const { partitions } = config;
+  return Math.floor(total / partitions) + (partition < total % partitions ? 1 : 0);
+}
+
+function arenaProblem(config: StreamConfig, layout: SlabLayout): string | null {
+  if (layout.inputStart + WASM_PAGE_BYTES <= ARENA_LIMIT_BYTES) return null;
+  return `cacheBytes ${config.cacheBytes} is too large: a stream's caches and slabs (${layout.inputStart} bytes here) and its input slab ` +
+    `share one WebAssembly memory of at most ${ARENA_LIMIT_BYTES} bytes`;
+}
+
+/**
+ * The arena's layout: batch record regions, then the frame slabs, the
+ * partitions' cache slabs and chunk scratches, then the input slab; and the
+ * batch index's size.
+ */
 function slabLayout(config: StreamConfig): SlabLayout {
   const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
   const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
@@ -666,13 +741,39 @@ function slabLayout(config: StreamConfig): SlabLayout {
   // keep a page-friendly alignment.
   const framesStart = alignUp(BATCH_RING * regionBytes, 4096);
   const slabStride = alignUp(config.frameBytes, 4096);
+  const workBytes = framesStart + FRAME_SLABS * slabStride;
+  // Cache slabs on 64-byte boundaries (a cache line; pages are 512 bytes or more).
+  let at = alignUp(workBytes, 64);
+  const cacheOffsets: number[] = [];
+  let cacheSlotBytes = 0;
+  for (let k = 0; k < config.partitions; k++) {
+    const bytes = slotCountOf(config, k) * config.pageSize;
+    cacheOffsets.push(at);
+    cacheSlotBytes += bytes;
+    at = alignUp(at + bytes, 64);
+  }
+  const scratchOffsets: number[] = [];
+  for (let k = 0; k < config.partitions; k++) {
+    if (config.codec === 'remus-zstd') {
+      scratchOffsets.push(at);
+      at = alignUp(at + CHUNK_SCRATCH_BYTES, 64);
+    } else {
+      scratchOffsets.push(-1);
+    }
+  }
+  const inputStart = alignUp(at, WASM_PAGE_BYTES);
   return {
     batchPages,
     regionBytesPerPage: recordBytes,
     framesStart,
     slabStride,
-    workBytes: framesStart + FRAME_SLABS * slabStride,
+    workBytes,
     indexBytes: BATCH_RING * batchPages * 4,
+    cacheOffsets,
+    cacheSlotBytes,
+    scratchOffsets,
+    inputStart,
+    maxArenaBytes: Math.min(ARENA_LIMIT_BYTES, alignUp(inputStart + config.maxEpochBytes, WASM_PAGE_BYTES)),
   };
 }
 

@@ -9,7 +9,7 @@ import { SenderClient } from '../src/client.js';
 import { hashImage } from '../src/digest.js';
 import { FrameSplitter } from '../src/frames.js';
 import { MemoryImage, Receiver } from '../src/receiver.js';
-import { Sender, type SenderOptions } from '../src/sender.js';
+import { DEFAULT_CODEC, Sender, type SenderOptions } from '../src/sender.js';
 import { Stream, type StreamConfig } from '../src/stream.js';
 import { generateEpochs, type GeneratedEpoch } from '../src/trace-gen.js';
 import { encodeEpochRecord, TraceImage } from '../src/trace.js';
@@ -46,8 +46,9 @@ async function start(options: SenderOptions): Promise<{ client: SenderClient; ur
   return { client: new SenderClient(url), url, sender };
 }
 
+/** The configuration of the streams these tests create (the service's default codec: its chunk scratch is part of a stream's slabs). */
 function config(overrides: Partial<StreamConfig> = {}): StreamConfig {
-  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, codec: 'remus', ...overrides };
+  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, codec: DEFAULT_CODEC, ...overrides };
 }
 
 async function waitUntil(what: string, check: () => boolean | Promise<boolean>): Promise<void> {

@@ -2,7 +2,8 @@ import { LRUCache } from 'lru-cache';
 
 /**
  * One worker's share of a stream's delta cache: the last sent copy of up to
- * `slotCount` pages. Page bytes live in one preallocated slab; the
+ * `slotCount` pages. Page bytes live in one preallocated slab (in the
+ * service, a region of the stream's arena); the
  * `lru-cache` maps pfn -> slot number and decides what to evict. Freed slots
  * go on a stack, so a miss never allocates page memory.
  */
@@ -11,14 +12,24 @@ export class CachePartition {
   readonly wordsPerPage: number;
   /** slotCount pages back to back, as 32-bit words. */
   readonly slab: Uint32Array;
+  /** Byte offset of the slab in the stream's arena (a shared wasm memory), or -1 when the partition owns its slab. */
+  readonly cacheOffset: number;
   private readonly lru: LRUCache<number, number> | null;
   private readonly freeSlots: Int32Array;
   private freeCount: number;
 
-  constructor(pageSize: number, slotCount: number) {
+  /**
+   * `slab`, when given, is where the page bytes live (a view of the stream's
+   * arena, slotCount pages); otherwise the partition allocates its own.
+   */
+  constructor(pageSize: number, slotCount: number, slab?: Uint32Array, cacheOffset = -1) {
     this.slotCount = slotCount;
+    this.cacheOffset = cacheOffset;
     this.wordsPerPage = pageSize / 4;
-    this.slab = new Uint32Array(slotCount * this.wordsPerPage);
+    if (slab !== undefined && slab.length !== slotCount * this.wordsPerPage) {
+      throw new RangeError(`CachePartition: slab of ${slab.length} words for ${slotCount} pages of ${pageSize} bytes`);
+    }
+    this.slab = slab ?? new Uint32Array(slotCount * this.wordsPerPage);
     // lru-cache refuses max 0; a zero budget simply means every page misses.
     this.lru = slotCount > 0 ? new LRUCache<number, number>({ max: slotCount }) : null;
     this.freeSlots = new Int32Array(slotCount);

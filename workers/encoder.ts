@@ -8,6 +8,7 @@ import { encodeXbzrleBody, XBZRLE_FULL, XBZRLE_UNCHANGED } from '../src/codec/xb
 import { CHUNK_OVERHEAD_BYTES, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
 import { ChunkWriter, CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkHasRoom } from '../src/codec/chunk.js';
 import { maxRecordBytes } from '../src/frames.js';
+import { instantiateRemusWasm, type KernelMemory, type RemusWasmKernel } from '../src/codec/remus-wasm.js';
 
 /**
  * The piscina worker. Each worker runs in a single-thread pool of its own and
@@ -15,9 +16,12 @@ import { maxRecordBytes } from '../src/frames.js';
  * partition therefore run one after the other, in submission order.
  */
 const partitions = new Map<string, CachePartition>();
-/** Codec 3: this thread's zstd context and the scratch its page records gather in before a chunk is written. */
+/** The kernel instance per stream (over that stream's arena), made on the stream's first task in this thread. */
+const kernels = new Map<string, RemusWasmKernel>();
+/** Codec 3 without an arena (the kernel bench): this thread's scratch the page records gather in before a chunk is written. */
+const SCRATCH_BYTES = CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES;
 const chunkWriter = new ChunkWriter();
-const chunkScratch = new Uint8Array(CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES);
+let ownScratch: Uint8Array | null = null;
 const { allowFaults } = (workerData ?? { allowFaults: false }) as WorkerData;
 /** Exit status of a worker killed by fault injection (EX_SOFTWARE). */
 const EXIT_INJECTED_FAULT = 70;
@@ -26,28 +30,51 @@ function partitionKey(stream: string, partition: number): string {
   return `${stream}/${partition}`;
 }
 
-function partitionFor(task: EncodeTask): CachePartition {
+function partitionFor(task: EncodeTask, arena: SharedArrayBuffer | null): CachePartition {
   const key = partitionKey(task.stream, task.partition);
   let part = partitions.get(key);
-  if (part === undefined || part.slotCount !== task.slotCount || part.wordsPerPage !== task.pageSize / 4) {
-    part = new CachePartition(task.pageSize, task.slotCount);
+  const words = task.pageSize / 4;
+  const cacheOffset = arena === null ? -1 : (task.cacheOffset ?? 0);
+  if (part === undefined || part.slotCount !== task.slotCount || part.wordsPerPage !== words || part.cacheOffset !== cacheOffset) {
+    // In the arena, the slab is fixed for the stream's life: a view made
+    // once. A partition that restarts (worker replaced, drop) starts with an
+    // empty map over the same bytes; every slot is written whole before use.
+    const slab = arena === null ? undefined : new Uint32Array(arena, cacheOffset, task.slotCount * words);
+    part = new CachePartition(task.pageSize, task.slotCount, slab, cacheOffset);
     partitions.set(key, part);
   }
   return part;
 }
 
+/** The kernel over the task's arena: instantiated once per stream, again when the arena grew past what this instance knows. */
+function kernelFor(task: EncodeTask, memory: KernelMemory): RemusWasmKernel {
+  let k = kernels.get(task.stream);
+  if (k === undefined || k.memory.buffer.byteLength < task.input.byteLength) {
+    k = instantiateRemusWasm(memory);
+    kernels.set(task.stream, k);
+  }
+  return k;
+}
+
 function encode(task: EncodeTask): EncodeResult {
   const started = process.hrtime.bigint();
-  const part = partitionFor(task);
+  // The service passes its arena (a shared wasm memory whose buffer is both
+  // `input` and `work`, holding the cache slabs and chunk scratch too); the
+  // kernel bench's 'ours' row passes bare buffers and runs the TypeScript codecs.
+  const arena = task.memory !== undefined && task.work === task.input && task.cacheOffset !== undefined ? task.input : null;
+  const k = arena !== null && task.kernel !== 'js' ? kernelFor(task, task.memory as KernelMemory) : null;
+  const part = partitionFor(task, arena);
   const input8 = new Uint8Array(task.input);
   const input32 = new Uint32Array(task.input);
   // The service passes one arena for both (so FULL pages copy natively); the kernel bench may not.
-  const work8 = task.work === task.input ? input8 : new Uint8Array(task.work);
+  const work8: Uint8Array = task.work === task.input ? input8 : new Uint8Array(task.work);
   const indices = new Int32Array(task.indices, task.indexStart * 4, task.indexCount);
   const records = new Int32Array(task.records);
   const { pageSize, pfnOffset, kindOffset, pageOffset } = task;
   const words = pageSize / 4;
   const slab = part.slab;
+  // Byte offset of the cache slab in the arena (the kernel's addresses).
+  const cacheAt = part.cacheOffset;
   // One byte view of the cache per task, for the byte-granular XBZRLE codec.
   const xbzrle = task.codec === CODEC_XBZRLE;
   const slab8 = new Uint8Array(slab.buffer, slab.byteOffset, slab.byteLength);
@@ -57,14 +84,28 @@ function encode(task: EncodeTask): EncodeResult {
   };
 
   // Codecs 1 and 2 write page records straight into the task's region.
-  // Codec 3 gathers them in this thread's chunk scratch and writes each full
-  // chunk, compressed, into the region at `regionPos`.
+  // Codec 3 gathers them in a chunk scratch (the partition's, in the arena;
+  // else this thread's) and writes each full chunk, compressed, into the
+  // region at `regionPos`. Positions are in out8, where the scratch starts
+  // at scratchAt.
   const chunked = task.chunkBytes > 0;
-  const out8 = chunked ? chunkScratch : work8;
-  const recordLimit = chunked ? chunkScratch.length : task.outLimit;
+  let out8: Uint8Array = work8;
+  let scratch8: Uint8Array = work8;
+  let scratchAt = 0;
+  if (chunked) {
+    if (arena !== null) {
+      scratchAt = task.scratchOffset ?? -1;
+      scratch8 = new Uint8Array(arena, scratchAt, SCRATCH_BYTES);
+    } else {
+      ownScratch ??= new Uint8Array(SCRATCH_BYTES);
+      out8 = scratch8 = ownScratch;
+    }
+  }
+  const recordLimit = chunked ? scratchAt + SCRATCH_BYTES : task.outLimit;
+  const recordsStart = scratchAt + CHUNK_INDEX_RESERVE_BYTES;
   const worstRecord = maxRecordBytes(pageSize);
   // Codec 3: records gather after the room for the chunk's index section.
-  let pos = chunked ? CHUNK_INDEX_RESERVE_BYTES : task.outStart;
+  let pos = chunked ? recordsStart : task.outStart;
   let regionPos = task.outStart;
   /** Position in `indices` of the open chunk's first page. */
   let chunkFirst = 0;
@@ -75,9 +116,9 @@ function encode(task: EncodeTask): EncodeResult {
     // case the stream's invalidation exists for.
     if (n === crashAt) process.exit(EXIT_INJECTED_FAULT);
     const i = indices[n];
-    if (chunked && n > chunkFirst && !chunkHasRoom(pos - CHUNK_INDEX_RESERVE_BYTES, n - chunkFirst, worstRecord, task.chunkBytes)) {
-      regionPos = writeChunk(task, work8, records, indices, regionPos, pos, chunkFirst, n);
-      pos = CHUNK_INDEX_RESERVE_BYTES;
+    if (chunked && n > chunkFirst && !chunkHasRoom(pos - recordsStart, n - chunkFirst, worstRecord, task.chunkBytes)) {
+      regionPos = writeChunk(task, scratch8, work8, records, indices, regionPos, pos - scratchAt, chunkFirst, n);
+      pos = recordsStart;
       chunkFirst = n;
     }
     const pfn = readPfn(input8, pfnOffset + 8 * i);
@@ -90,21 +131,25 @@ function encode(task: EncodeTask): EncodeResult {
     // Every codec shares the cache, zero-page, raw-page and miss logic; a
     // FULL body (0x80, then the page) is the same bytes under all. Only a
     // cache hit is encoded differently. The record type of a page body is 1
-    // under all (RECORD_REMUS = RECORD_XBZRLE).
+    // under all (RECORD_REMUS = RECORD_XBZRLE). Each page operation runs in
+    // the wasm kernel (k, byte offsets in the arena) or in TypeScript.
     if (input8[kindOffset + i] === KIND_RAW) {
       // Raw pages (page tables) are sent as they are and leave the cache,
       // exactly as the seed invalidates them.
       part.remove(pfn);
       out8[typePos] = RECORD_REMUS;
-      pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
+      pos = k !== null ? k.encodeFull(pageByte, pageSize, pos) : encodeRemusFull(input8, pageByte, pageSize, out8, pos);
       result.rawPages++;
-    } else if (isZeroPage(input32, pageWord, words)) {
+    } else if (k !== null ? k.isZeroPage(pageByte, pageSize) : isZeroPage(input32, pageWord, words)) {
       // One byte on the wire whatever the cache holds; the cache learns the
       // zeros so the page's next delta is taken against them.
       out8[typePos] = RECORD_ZERO;
       let slot = part.lookup(pfn);
       if (slot < 0) slot = part.insert(pfn);
-      if (slot >= 0) slab.fill(0, slot * words, slot * words + words);
+      if (slot >= 0) {
+        if (k !== null) k.fill(cacheAt + slot * pageSize, 0, pageSize);
+        else slab.fill(0, slot * words, slot * words + words);
+      }
       result.zeroPages++;
     } else {
       out8[typePos] = RECORD_REMUS;
@@ -114,25 +159,35 @@ function encode(task: EncodeTask): EncodeResult {
         // it becomes the new page whenever the page changed (a delta, or an
         // overflow sent FULL), which is what the receiver then holds.
         const bodyStart = pos;
-        pos = encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, out8, pos);
+        pos = k !== null
+          ? k.encodeXbzrleBody(pageByte, cacheAt + slot * pageSize, pageSize, pos)
+          : encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, out8, pos);
         result.cacheHits++;
         const kind = out8[bodyStart];
         if (kind === XBZRLE_UNCHANGED) {
           result.unchangedPages++;
         } else {
-          copyWords(input32, pageWord, slab, slot * words, words);
+          if (k !== null) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
+          else copyWords(input32, pageWord, slab, slot * words, words);
           if (kind === XBZRLE_FULL) result.overflows++;
         }
       } else if (slot >= 0) {
         const bodyStart = pos;
-        pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
+        pos = k !== null
+          ? k.encodeDelta(pageByte, cacheAt + slot * pageSize, pageSize, pos)
+          : encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
         result.cacheHits++;
         if (pos - bodyStart === 1) result.unchangedPages++;
         else if (pos - bodyStart >= pageSize + 1) result.overflows++;
       } else {
         slot = part.insert(pfn);
-        if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
-        pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
+        if (k !== null) {
+          if (slot >= 0) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
+          pos = k.encodeFull(pageByte, pageSize, pos);
+        } else {
+          if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
+          pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
+        }
         result.cacheMisses++;
       }
     }
@@ -149,7 +204,9 @@ function encode(task: EncodeTask): EncodeResult {
       records[2 * i + 1] = pos - recordStart;
     }
   }
-  if (chunked && indices.length > chunkFirst) regionPos = writeChunk(task, work8, records, indices, regionPos, pos, chunkFirst, indices.length);
+  if (chunked && indices.length > chunkFirst) {
+    regionPos = writeChunk(task, scratch8, work8, records, indices, regionPos, pos - scratchAt, chunkFirst, indices.length);
+  }
 
   hashGroups(task, input8);
   result.end = chunked ? regionPos : pos;
@@ -159,12 +216,12 @@ function encode(task: EncodeTask): EncodeResult {
 }
 
 /**
- * Codec 3: write the records gathered in chunkScratch (up to `recordsEnd`),
- * those of the pages indices[first, end), as one chunk at work[regionPos..],
- * and give it to its first page's index; returns the end.
+ * Codec 3: write the records gathered in `scratch` (up to `recordsEnd`, an
+ * offset in it), those of the pages indices[first, end), as one chunk at
+ * work[regionPos..], and give it to its first page's index; returns the end.
  */
 function writeChunk(
-  task: EncodeTask, work8: Uint8Array, records: Int32Array, indices: Int32Array,
+  task: EncodeTask, scratch: Uint8Array, work8: Uint8Array, records: Int32Array, indices: Int32Array,
   regionPos: number, recordsEnd: number, first: number, end: number,
 ): number {
   // Index section at its largest (4 + 3 per further page), as the region was sized.
@@ -172,7 +229,7 @@ function writeChunk(
   if (regionPos + rawMax > task.outLimit) {
     throw new Error(`encode region overflow: chunk of up to ${rawMax} bytes at ${regionPos} > ${task.outLimit}`);
   }
-  const chunkEnd = chunkWriter.write(chunkScratch, recordsEnd, indices, first, end, work8, regionPos);
+  const chunkEnd = chunkWriter.write(scratch, recordsEnd, indices, first, end, work8, regionPos);
   records[2 * indices[first]] = regionPos;
   records[2 * indices[first] + 1] = chunkEnd - regionPos;
   return chunkEnd;
@@ -206,6 +263,7 @@ function invalidate(task: InvalidateTask): void {
 }
 
 function drop(stream: string): void {
+  kernels.delete(stream);
   const prefix = `${stream}/`;
   for (const key of [...partitions.keys()]) {
     if (key.startsWith(prefix)) partitions.delete(key);

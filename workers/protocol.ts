@@ -3,6 +3,10 @@
  * travels in a message: tasks name regions of SharedArrayBuffer slabs that
  * both sides see.
  */
+import type { KernelMemory } from '../src/codec/remus-wasm.js';
+
+/** Which page codecs a worker runs: the WebAssembly SIMD kernel, or the portable TypeScript ones (same bytes). */
+export type KernelChoice = 'wasm' | 'js';
 
 /** Encode one shard's pages of one batch, and hash the digest groups assigned to this task. */
 export interface EncodeTask {
@@ -39,6 +43,20 @@ export interface EncodeTask {
   groupStep: number;
   /** Pages in the whole epoch (the last group may be short). */
   pageCount: number;
+  /**
+   * The stream's arena as a shared WebAssembly.Memory (the service always
+   * sends it; `input` and `work` are then its buffer). With it, the
+   * partition's cache slab lives in the arena at `cacheOffset`
+   * (slotCount pages), and codec 3's chunk scratch at `scratchOffset`
+   * (CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES). Without it (the kernel
+   * bench's 'ours' row) the worker keeps the slab and the scratch itself
+   * and runs the TypeScript codecs.
+   */
+  memory?: KernelMemory;
+  cacheOffset?: number;
+  scratchOffset?: number;
+  /** Codecs to run over `memory` (default 'wasm'); ignored without `memory`. */
+  kernel?: KernelChoice;
   /** Fault injection for tests: the worker exits after encoding this many pages. Honoured only when the pool allows faults. */
   crashAfterPages?: number;
 }
