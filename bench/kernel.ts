@@ -72,6 +72,8 @@ const lz4 = createRequire(import.meta.url)('lz4') as Lz4Binding;
 
 /** The seed's cache budget: 8192 pages of 4 KiB. */
 export const SEED_CACHE_BYTES = 32 * 1024 * 1024;
+/** The seed's eviction policy: our rows use it too, so they do the same work per page as the C originals (the service's default is W-TinyLFU). */
+const SEED_CACHE_POLICY = 'lru';
 export const DEFAULT_TRACE = join(packageRoot(), '..', 'shared', 'traces', 'python-small.rmtr');
 const ZSTD_LEVEL = 1;
 const DEFLATE_OPTIONS = { level: 1 } as const;
@@ -234,6 +236,7 @@ class OursCodec implements KernelCodec {
       pageSize: this.trace.pageSize,
       codec: { ours: CODEC_REMUS, xbzrle: CODEC_XBZRLE, 'ours-zstd': CODEC_REMUS_ZSTD }[this.name],
       slotCount: this.slotCount,
+      cachePolicy: SEED_CACHE_POLICY,
       input: ep.record,
       pfnOffset: ep.layout.pfnOffset,
       kindOffset: ep.layout.kindOffset,
@@ -373,7 +376,7 @@ class OursWasmCodec implements KernelCodec {
       : `xbzrle's worker loop and ${this.slotCount}-page cache with the kernel's XBZRLE encoder over one shared wasm memory; ` +
         'decodeXbzrleBody (TypeScript) onto the previous image';
     // Only its LRU bookkeeping is used; page bytes live in the wasm memory.
-    this.part = new CachePartition(pageSize, this.slotCount);
+    this.part = new CachePartition(pageSize, this.slotCount, SEED_CACHE_POLICY);
     this.records = new Int32Array(2 * maxCount);
     const { slots, distinct } = imageSlots(trace);
     this.slots = slots;

@@ -70,6 +70,7 @@ Options:
   --frame-bytes N      largest frame (default 1MiB, at most 16MiB)
   --codec NAME         page encoding: remus-zstd (default: the seed's records in
                        zstd chunks), remus (the seed's) or xbzrle (QEMU's XBZRLE)
+  --cache-policy NAME  cache eviction: tinylfu (default, W-TinyLFU) or lru (the seed's)
   --json               print one JSON object on stdout and nothing else
   -h, --help           this help
 
@@ -254,6 +255,7 @@ async function replayCommand(argv: string[]): Promise<number> {
       'cache-bytes': { type: 'string' },
       'frame-bytes': { type: 'string' },
       codec: { type: 'string' },
+      'cache-policy': { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -268,6 +270,10 @@ async function replayCommand(argv: string[]): Promise<number> {
   if (codec !== undefined && !isCodecName(codec)) {
     throw new UsageError(`--codec: expected ${CODEC_NAMES.join(', ')}, got ${JSON.stringify(codec)}`);
   }
+  const cachePolicy = values['cache-policy'];
+  if (cachePolicy !== undefined && cachePolicy !== 'tinylfu' && cachePolicy !== 'lru') {
+    throw new UsageError(`--cache-policy: expected tinylfu or lru, got ${JSON.stringify(cachePolicy)}`);
+  }
   const json = values.json === true;
   // A bar redrawn in place when a person watches; a line per epoch in logs.
   const bar = !json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
@@ -277,6 +283,7 @@ async function replayCommand(argv: string[]): Promise<number> {
     cacheBytes: typeof values['cache-bytes'] === 'string' ? parseSize('cache-bytes', values['cache-bytes']) : undefined,
     frameBytes: typeof values['frame-bytes'] === 'string' ? parseSize('frame-bytes', values['frame-bytes']) : undefined,
     codec,
+    cachePolicy,
     onEpoch: json || bar !== undefined ? undefined : (e) => process.stderr.write(`epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}\n`),
     onProgress: bar === undefined ? undefined : (done, total, e) => bar.update(done / total, `epoch ${e.epoch}: ${e.pages} pages, ratio ${e.ratio.toFixed(4)}`),
   }).finally(() => bar?.finish());

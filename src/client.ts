@@ -29,6 +29,8 @@ export interface StreamConfigRequest {
   maxEpochBytes?: number;
   /** Page encoding: 'remus-zstd' (default, frame codec 3), 'remus' (frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2). */
   codec?: CodecName;
+  /** Cache eviction: 'tinylfu' (default) or 'lru' (the seed's). */
+  cachePolicy?: 'tinylfu' | 'lru';
 }
 
 /** What the sender reports of an epoch it completed. */

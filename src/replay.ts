@@ -66,6 +66,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     pfnLimit: options.pfnLimit,
     maxEpochBytes: options.maxEpochBytes,
     codec: options.codec,
+    cachePolicy: options.cachePolicy,
   };
   const poolWorkers = options.poolWorkers ?? options.workers;
   const apps: FastifyInstance[] = [];

@@ -8,6 +8,7 @@ import type { WorkerPool } from './worker-pool.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type KernelChoice } from '../workers/protocol.js';
 import { CHUNK_OVERHEAD_BYTES, FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
 import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkLimitBytes } from './codec/chunk.js';
+import type { CachePolicyName } from '../workers/cache-policy.js';
 import { createKernelMemory, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory } from './codec/remus-wasm.js';
 
 export interface StreamConfig {
@@ -24,6 +25,8 @@ export interface StreamConfig {
   maxEpochBytes: number;
   /** Page encoding of the stream's frames: the seed's (remus, codec 1), QEMU's XBZRLE (codec 2), or the seed's records in zstd chunks (remus-zstd, codec 3). */
   codec: CodecName;
+  /** Which cached page gives up its slot: 'tinylfu' (W-TinyLFU, the default) or 'lru' (the seed's). */
+  cachePolicy: CachePolicyName;
 }
 
 /** QEMU's XBZRLE counters, plus ours. */
@@ -473,6 +476,7 @@ export class Stream implements InputSlabProvider {
         outStart,
         outLimit: outStart + indexCount * this.regionBytesPerPage,
         chunkBytes: this.config.codec === 'remus-zstd' ? chunkLimitBytes(this.config.frameBytes) : 0,
+        cachePolicy: this.config.cachePolicy,
         records: this.records,
         groupHashes: this.groupHashes,
         groupFirst,

@@ -9,7 +9,7 @@ import { SenderClient } from '../src/client.js';
 import { hashImage } from '../src/digest.js';
 import { FrameSplitter } from '../src/frames.js';
 import { MemoryImage, Receiver } from '../src/receiver.js';
-import { DEFAULT_CODEC, Sender, type SenderOptions } from '../src/sender.js';
+import { DEFAULT_CACHE_POLICY, DEFAULT_CODEC, Sender, type SenderOptions } from '../src/sender.js';
 import { Stream, type StreamConfig } from '../src/stream.js';
 import { generateEpochs, type GeneratedEpoch } from '../src/trace-gen.js';
 import { encodeEpochRecord, TraceImage } from '../src/trace.js';
@@ -48,7 +48,7 @@ async function start(options: SenderOptions): Promise<{ client: SenderClient; ur
 
 /** The configuration of the streams these tests create (the service's default codec: its chunk scratch is part of a stream's slabs). */
 function config(overrides: Partial<StreamConfig> = {}): StreamConfig {
-  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, codec: DEFAULT_CODEC, ...overrides };
+  return { pageSize: PAGE, cacheBytes: 1024 * 1024, partitions: 1, frameBytes: 64 * 1024, pfnLimit: 2 ** 48, maxEpochBytes: 1024 ** 3, codec: DEFAULT_CODEC, cachePolicy: DEFAULT_CACHE_POLICY, ...overrides };
 }
 
 async function waitUntil(what: string, check: () => boolean | Promise<boolean>): Promise<void> {

@@ -443,6 +443,7 @@ describe('POST /v1/streams', () => {
       pfnLimit: 2 ** 48,
       maxEpochBytes: 1024 * 1024 * 1024,
       codec: 'remus-zstd',
+      cachePolicy: 'tinylfu',
     });
     expect(info.nextEpoch).toBe(0);
     expect(info.busy).toBe(false);
@@ -481,6 +482,7 @@ describe('POST /v1/streams', () => {
     ['an unknown field', { pageSize: 4096, cacheBytez: 1 }, 'cacheBytez'],
     ['an unknown codec', { codec: 'lz4' }, 'codec'],
     ['a codec in the wrong case', { codec: 'XBZRLE' }, 'codec'],
+    ['an unknown cache policy', { cachePolicy: 'arc' }, 'cachePolicy'],
   ];
   for (const [name, body, field] of invalid) {
     it(`refuses ${name} with 400 naming ${field}`, async () => {
@@ -511,6 +513,8 @@ describe('POST /v1/streams', () => {
       { codec: 'remus' },
       { codec: 'xbzrle' },
       { codec: 'remus-zstd' },
+      { cachePolicy: 'lru' },
+      { cachePolicy: 'tinylfu' },
     ];
     for (const config of valid) {
       const stream = await sender.createStream(config);

@@ -1,11 +1,11 @@
-import { LRUCache } from 'lru-cache';
+import { createSlotPolicy, type CachePolicyName, type SlotPolicy } from './cache-policy.js';
 
 /**
  * One worker's share of a stream's delta cache: the last sent copy of up to
  * `slotCount` pages. Page bytes live in one preallocated slab (in the
- * service, a region of the stream's arena); the
- * `lru-cache` maps pfn -> slot number and decides what to evict. Freed slots
- * go on a stack, so a miss never allocates page memory.
+ * service, a region of the stream's arena); a SlotPolicy (W-TinyLFU or the
+ * seed's LRU, workers/cache-policy.ts) maps pfn -> slot number and decides
+ * what to evict, so a miss never allocates page memory.
  */
 export class CachePartition {
   readonly slotCount: number;
@@ -14,15 +14,14 @@ export class CachePartition {
   readonly slab: Uint32Array;
   /** Byte offset of the slab in the stream's arena (a shared wasm memory), or -1 when the partition owns its slab. */
   readonly cacheOffset: number;
-  private readonly lru: LRUCache<number, number> | null;
-  private readonly freeSlots: Int32Array;
-  private freeCount: number;
+  readonly policy: CachePolicyName;
+  private readonly slots: SlotPolicy;
 
   /**
    * `slab`, when given, is where the page bytes live (a view of the stream's
    * arena, slotCount pages); otherwise the partition allocates its own.
    */
-  constructor(pageSize: number, slotCount: number, slab?: Uint32Array, cacheOffset = -1) {
+  constructor(pageSize: number, slotCount: number, policy: CachePolicyName, slab?: Uint32Array, cacheOffset = -1) {
     this.slotCount = slotCount;
     this.cacheOffset = cacheOffset;
     this.wordsPerPage = pageSize / 4;
@@ -30,48 +29,30 @@ export class CachePartition {
       throw new RangeError(`CachePartition: slab of ${slab.length} words for ${slotCount} pages of ${pageSize} bytes`);
     }
     this.slab = slab ?? new Uint32Array(slotCount * this.wordsPerPage);
-    // lru-cache refuses max 0; a zero budget simply means every page misses.
-    this.lru = slotCount > 0 ? new LRUCache<number, number>({ max: slotCount }) : null;
-    this.freeSlots = new Int32Array(slotCount);
-    for (let i = 0; i < slotCount; i++) this.freeSlots[i] = slotCount - 1 - i;
-    this.freeCount = slotCount;
+    this.policy = policy;
+    this.slots = createSlotPolicy(policy, slotCount);
   }
 
   get size(): number {
-    return this.lru === null ? 0 : this.lru.size;
+    return this.slots.size;
   }
 
-  /** The slot holding `pfn` (now most recently used), or -1. */
+  /** The slot holding `pfn` (counted as a use), or -1. */
   lookup(pfn: number): number {
-    if (this.lru === null) return -1;
-    const slot = this.lru.get(pfn);
-    return slot === undefined ? -1 : slot;
+    return this.slots.lookup(pfn);
   }
 
   /**
-   * Give `pfn` a slot, evicting the least recently used page when full; the
-   * caller fills it. Returns -1 when the budget holds no page at all.
-   * Precondition: `pfn` is not cached.
+   * Give `pfn` a slot, evicting a page when full; the caller fills it.
+   * Returns -1 when the budget holds no page at all. Precondition: `pfn` is
+   * not cached.
    */
   insert(pfn: number): number {
-    if (this.lru === null) return -1;
-    let slot: number;
-    if (this.freeCount > 0) {
-      slot = this.freeSlots[--this.freeCount];
-    } else {
-      // pop() evicts the LRU entry and hands back its slot for reuse.
-      slot = this.lru.pop() as number;
-    }
-    this.lru.set(pfn, slot);
-    return slot;
+    return this.slots.insert(pfn);
   }
 
   /** Forget `pfn`: its next record will be FULL. */
   remove(pfn: number): void {
-    if (this.lru === null) return;
-    const slot = this.lru.peek(pfn);
-    if (slot === undefined) return;
-    this.lru.delete(pfn);
-    this.freeSlots[this.freeCount++] = slot;
+    this.slots.remove(pfn);
   }
 }

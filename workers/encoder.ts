@@ -35,12 +35,15 @@ function partitionFor(task: EncodeTask, arena: SharedArrayBuffer | null): CacheP
   let part = partitions.get(key);
   const words = task.pageSize / 4;
   const cacheOffset = arena === null ? -1 : (task.cacheOffset ?? 0);
-  if (part === undefined || part.slotCount !== task.slotCount || part.wordsPerPage !== words || part.cacheOffset !== cacheOffset) {
+  if (
+    part === undefined || part.slotCount !== task.slotCount || part.wordsPerPage !== words ||
+    part.cacheOffset !== cacheOffset || part.policy !== task.cachePolicy
+  ) {
     // In the arena, the slab is fixed for the stream's life: a view made
     // once. A partition that restarts (worker replaced, drop) starts with an
     // empty map over the same bytes; every slot is written whole before use.
     const slab = arena === null ? undefined : new Uint32Array(arena, cacheOffset, task.slotCount * words);
-    part = new CachePartition(task.pageSize, task.slotCount, slab, cacheOffset);
+    part = new CachePartition(task.pageSize, task.slotCount, task.cachePolicy, slab, cacheOffset);
     partitions.set(key, part);
   }
   return part;

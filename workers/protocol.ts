@@ -3,6 +3,7 @@
  * travels in a message: tasks name regions of SharedArrayBuffer slabs that
  * both sides see.
  */
+import type { CachePolicyName } from './cache-policy.js';
 import type { KernelMemory } from '../src/codec/remus-wasm.js';
 
 /** Which page codecs a worker runs: the WebAssembly SIMD kernel, or the portable TypeScript ones (same bytes). */
@@ -31,6 +32,8 @@ export interface EncodeTask {
   work: SharedArrayBuffer;
   outStart: number;
   outLimit: number;
+  /** The partition's eviction policy (fixed for the stream's life). */
+  cachePolicy: CachePolicyName;
   /** Codec 3: the raw-bytes limit of a chunk (chunkLimitBytes of the stream's frame size); 0 under the other codecs. */
   chunkBytes: number;
   /** Int32 pairs per page index: record offset in `work`, record length (codec 3: a chunk's at its first page, 0 for its other pages). */

@@ -25,6 +25,7 @@ const configSchema = {
     frameBytes: { type: 'integer', description: 'Largest frame, header included (at most 16 MiB)' },
     pfnLimit: { type: 'integer', description: 'pfns must be below this' },
     maxEpochBytes: { type: 'integer', description: 'Largest epoch body accepted' },
+    cachePolicy: { type: 'string', description: "Which cached page gives up its slot: 'tinylfu' (the default: W-TinyLFU, frequency-aware admission) or 'lru' (the seed's)" },
     codec: { type: 'string', description: "Page encoding: 'remus-zstd' (the default: the seed's records in zstd chunks, frame codec 3), 'remus' (the seed's, frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2)" },
   },
 } as const;
