@@ -28,6 +28,8 @@ export interface ReplayEpoch {
   ratio: number;
   /** Sender-side encode time (first page dispatched to digest known). */
   encodeMs: number;
+  /** The workers' busy time on the epoch, summed over workers (page codecs, cache, chunk compression, digest hashing). */
+  workerMs: number;
   /** From the controller's first request byte to the receiver's commit. */
   endToEndMs: number;
 }
@@ -86,6 +88,7 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
     const oracle = new TraceImage(reader.pageSize);
     const epochs: ReplayEpoch[] = [];
     let bytesDone = TRACE_HEADER_BYTES;
+    let workerNsBefore = 0;
 
     for await (const epoch of reader.epochs()) {
       const started = process.hrtime.bigint();
@@ -106,8 +109,10 @@ export async function replay(options: ReplayOptions): Promise<ReplaySummary> {
         bytesOut: last.bytesOut,
         ratio: ratio(last.bytesOut, last.bytesIn),
         encodeMs: last.encodeWallNs / 1e6,
+        workerMs: (info.stats.encodeNs - workerNsBefore) / 1e6,
         endToEndMs,
       };
+      workerNsBefore = info.stats.encodeNs;
       epochs.push(row);
       bytesDone += epoch.record.length;
       options.onEpoch?.(row);
@@ -180,6 +185,7 @@ function totals(epochs: ReplayEpoch[]): Omit<ReplayEpoch, 'epoch'> & { epochs: n
     bytesOut,
     ratio: ratio(bytesOut, bytesIn),
     encodeMs: sum((e) => e.encodeMs),
+    workerMs: sum((e) => e.workerMs),
     endToEndMs: sum((e) => e.endToEndMs),
   };
 }

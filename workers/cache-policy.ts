@@ -130,10 +130,11 @@ export class TinyLfuSlots implements SlotPolicy {
   lookup(pfn: number): number {
     if (this.window === null) return -1;
     this.sketch.increment(pfn);
-    const inWindow = this.window.get(pfn);
-    if (inWindow !== undefined) return inWindow;
+    // Main first: it holds 99% of the pages, so most hits take one lookup.
     const inMain = this.main?.get(pfn);
-    return inMain === undefined ? -1 : inMain;
+    if (inMain !== undefined) return inMain;
+    const inWindow = this.window.get(pfn);
+    return inWindow === undefined ? -1 : inWindow;
   }
 
   insert(pfn: number): number {
@@ -196,8 +197,6 @@ const COUNTERS_PER_SLOT = 16;
 const COUNTER_MAX = 15;
 /** After this many increments per cached page the counts halve, so old popularity fades. */
 const SAMPLE_FACTOR = 10;
-/** Odd multipliers of the row hashes (from murmur3 and xxhash). */
-const ROW_SEEDS = [0x9e3779b1, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f] as const;
 
 /**
  * How often each pfn was used lately, approximately, in a fixed Uint8Array:
@@ -218,20 +217,25 @@ export class FrequencySketch {
     this.sampleSize = Math.max(SAMPLE_FACTOR * slotCount, 16);
   }
 
+  // Row r's counter is at (h1 + r * h2) & mask in that row: one hash, four
+  // indices (Kirsch-Mitzenmacher double hashing), no call per row.
   increment(pfn: number): void {
-    const h = mixPfn(pfn);
-    for (let row = 0; row < SKETCH_ROWS; row++) {
-      const i = row * this.width + (rowHash(h, row) & this.mask);
-      if (this.counters[i] < COUNTER_MAX) this.counters[i]++;
+    const h1 = mixPfn(pfn);
+    const h2 = (h1 >>> 17) | 1;
+    const counters = this.counters;
+    for (let row = 0, base = 0; row < SKETCH_ROWS; row++, base += this.width) {
+      const i = base + ((h1 + row * h2) & this.mask);
+      if (counters[i] < COUNTER_MAX) counters[i]++;
     }
     if (++this.additions >= this.sampleSize) this.age();
   }
 
   frequency(pfn: number): number {
-    const h = mixPfn(pfn);
+    const h1 = mixPfn(pfn);
+    const h2 = (h1 >>> 17) | 1;
     let least = COUNTER_MAX;
-    for (let row = 0; row < SKETCH_ROWS; row++) {
-      const c = this.counters[row * this.width + (rowHash(h, row) & this.mask)];
+    for (let row = 0, base = 0; row < SKETCH_ROWS; row++, base += this.width) {
+      const c = this.counters[base + ((h1 + row * h2) & this.mask)];
       if (c < least) least = c;
     }
     return least;
@@ -243,16 +247,11 @@ export class FrequencySketch {
   }
 }
 
-/** A 32-bit hash of a pfn below 2^48 (its high 16 bits folded in). */
+/** A 32-bit hash of a pfn below 2^48 (murmur3's finaliser; the high 16 bits folded in). */
 function mixPfn(pfn: number): number {
-  const low = pfn >>> 0;
-  const high = Math.floor(pfn / 0x100000000);
-  let h = Math.imul(low ^ Math.imul(high, 0x9e3779b1), 0x85ebca6b);
-  h ^= h >>> 13;
-  return Math.imul(h, 0xc2b2ae35) ^ (h >>> 16);
-}
-
-function rowHash(h: number, row: number): number {
-  const x = Math.imul(h ^ (h >>> 15), ROW_SEEDS[row]);
-  return (x ^ (x >>> 16)) >>> 0;
+  const high = pfn > 0xffffffff ? Math.floor(pfn / 0x100000000) : 0;
+  let h = (pfn >>> 0) ^ Math.imul(high, 0x9e3779b1);
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }
