@@ -3,7 +3,11 @@
  * epoch records and a sink that drops frames. With bench/load.ts (the same
  * epochs over loopback HTTP) it shows what HTTP and the client cost.
  *
- *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N] [--codec remus,remus-zstd] [--kernel wasm,js]
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N]
+ *     [--codec remus,remus-zstd] [--kernel wasm,js] [--cache-policy tinylfu|lru] [--trace T] [--check]
+ *
+ * Per epoch (from the third on): the whole epoch's rate, and the encode
+ * stage's (first batch dispatched to digest known: workers and merge).
  *
  * `--kernel wasm,js` runs each setting with the workers' WebAssembly kernel
  * and with the TypeScript codecs (default: both, one after the other in the
@@ -12,12 +16,14 @@
  * `--cache-bytes 0` makes every page a miss, sent FULL: what epoch 0 and cold
  * pages cost.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createHash } from 'node:crypto';
 import { Sender, isKernelChoice, KERNEL_CHOICES } from '../src/sender.js';
 import type { KernelChoice } from '../workers/protocol.js';
 import type { FrameSink } from '../src/merge.js';
 import { makeEpochs } from './load.js';
+import { parseTrace } from '../src/trace.js';
 import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
 
 const PAGE_SIZE = 4096;
@@ -30,14 +36,22 @@ const { values } = parseArgs({
     codec: { type: 'string', default: 'remus-zstd' },
     kernel: { type: 'string', default: 'wasm,js' },
     check: { type: 'boolean', default: false },
+    trace: { type: 'string' },
+    'cache-policy': { type: 'string', default: 'tinylfu' },
   },
 });
+const cachePolicy = values['cache-policy'];
+if (cachePolicy !== 'tinylfu' && cachePolicy !== 'lru') throw new Error(`--cache-policy: ${cachePolicy} is not tinylfu or lru`);
 const codecs = values.codec.split(',');
 for (const codec of codecs) if (!isCodecName(codec)) throw new Error(`--codec: ${codec} is not one of ${CODEC_NAMES.join(', ')}`);
 const kernels = values.kernel.split(',');
 for (const kernel of kernels) if (!isKernelChoice(kernel)) throw new Error(`--kernel: ${kernel} is not one of ${KERNEL_CHOICES.join(', ')}`);
 const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
-const records = makeEpochs(1, pages, Number(values.epochs));
+// A real trace's epochs, or synthetic ones (bench/load.ts's: every page of the image fits the cache).
+const trace = values.trace === undefined ? null : parseTrace(readFileSync(values.trace));
+const records: Uint8Array[] = trace === null ? makeEpochs(1, pages, Number(values.epochs)) : trace.epochs.map((e) => e.record);
+const pageSize = trace?.pageSize ?? PAGE_SIZE;
+const source = values.trace ?? `${values.mib} MiB epochs`;
 /** Hash of the frames of the run in progress: every kernel must send the same bytes. */
 let framesHash = createHash('sha256');
 const check = values.check;
@@ -53,9 +67,10 @@ for (const codec of codecs as CodecName[]) for (const workers of values.workers.
     const sender = new Sender({ workers, kernel });
     framesHash = createHash('sha256');
     const cacheBytes = values['cache-bytes'] === undefined ? undefined : Number(values['cache-bytes']);
-    const stream = sender.create({ workers, cacheBytes, codec });
+    const stream = sender.create({ workers, cacheBytes, codec, cachePolicy, pageSize });
     let bytesOut = 0;
     let bytesIn = 0;
+    let encodeNs = 0;
     const rates: number[] = [];
     for (const record of records) {
       const started = process.hrtime.bigint();
@@ -66,13 +81,18 @@ for (const codec of codecs as CodecName[]) for (const workers of values.workers.
         rates.push(summary.bytesIn / seconds / 1e9);
         bytesIn += summary.bytesIn;
         bytesOut += summary.bytesOut;
+        encodeNs += summary.encodeWallNs;
       }
     }
     rates.sort((a, b) => a - b);
     const hash = framesHash.digest('hex');
     firstHash ??= hash;
     if (check && hash !== firstHash) throw new Error(`${codec}, ${workers} worker(s): the ${kernel} kernel's frames differ from the ${kernels[0]} kernel's`);
-    console.log(`${codec}, ${workers} worker(s), ${kernel}, ${values.mib} MiB epochs${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}: median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} GB/s over ${rates.length} epochs, out/in ${(bytesOut / bytesIn).toFixed(4)}`);
+    console.log(
+      `${codec}, ${workers} worker(s), ${kernel}, ${source}${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}, ${cachePolicy}: ` +
+        `epoch median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} over ${rates.length} epochs; ` +
+        `encode stage ${(bytesIn / encodeNs).toFixed(2)} GB/s (first dispatch to digest); out/in ${(bytesOut / bytesIn).toFixed(4)}`,
+    );
     await sender.close();
   }
 }
