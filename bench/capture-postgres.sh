@@ -41,6 +41,8 @@
 # The trace goes to bench/traces/postgres.rmtr, which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/capture-common.sh
+source bench/capture-common.sh
 
 EPOCHS=${EPOCHS:-30}
 INTERVAL_MS=${INTERVAL_MS:-100}
@@ -110,13 +112,6 @@ psql_q() { "$bindir/psql" -h "$work" -p "$PG_PORT" -U postgres -d postgres -X -q
 
 # Progress lines with the time since the capture started, to see how long
 # each epoch really ran.
-stamp() {
-  local t0=${EPOCHREALTIME/./} t line
-  while IFS= read -r line; do
-    t=${EPOCHREALTIME/./}
-    printf '+%d ms %s\n' $(((t - t0) / 1000)) "$line"
-  done
-}
 
 as_postgres "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
 
@@ -177,11 +172,7 @@ if [ "$(ps -o ppid= -p "$backend_pid" | tr -d ' ')" != "$postmaster_pid" ]; then
 fi
 
 echo "capturing the postgres backend serving pgbench (pid $backend_pid): $EPOCHS epochs every $INTERVAL_MS ms" >&2
-# Its per-epoch progress (pages, pause) is kept next to the trace.
-{ nice -n -10 node dist/bench/capture.js --pid "$backend_pid" --epochs "$EPOCHS" --interval-ms "$INTERVAL_MS" --out "$TRACE.partial" \
-  2>&1 1>&3 | stamp | tee "$TRACES/postgres-capture.txt" >&2; } 3>&1
-# Renamed when whole: a reader of the previous trace keeps reading that one.
-mv -f "$TRACE.partial" "$TRACE"
+capture_trace "$backend_pid" "$TRACE" "$TRACES/postgres-capture.txt"
 
 if kill -0 "$bench_pid" 2>/dev/null; then
   echo "the benchmark was still running during the whole capture" >&2
@@ -194,18 +185,4 @@ else
 fi
 grep progress "$TRACES/pgbench.txt" >&2 || true
 
-# A mismatch exits 1 but still prints its summary, which decides below.
-summary=$(node dist/src/cli.js replay "$TRACE" --json) || true
-printf '%s' "$summary" | node -e '
-  let text = "";
-  process.stdin.on("data", (c) => (text += c)).on("end", () => {
-    const s = JSON.parse(text);
-    const dirty = s.epochs.filter((e) => e.epoch > 0).map((e) => e.pages);
-    console.log(`trace: ${process.argv[1]}, ${require("fs").statSync(process.argv[1]).size} bytes`);
-    console.log(`epochs: ${s.epochs.length}; pages in epoch 0: ${s.epochs[0].pages}; final image: ${s.imagePages} pages`);
-    console.log(`dirty pages per epoch: ${dirty.join(" ")}`);
-    console.log(`dirty epochs: ${s.dirty.pages} pages, ${s.dirty.bytesIn} -> ${s.dirty.bytesOut} bytes, ratio ${s.dirty.ratio.toFixed(4)}`);
-    console.log(`all epochs: ratio ${s.total.ratio.toFixed(4)}; imageEqual: ${s.imageEqual}`);
-    process.exitCode = s.imageEqual ? 0 : 1;
-  });
-' "$TRACE"
+verify_replay "$TRACE"

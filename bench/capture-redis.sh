@@ -11,6 +11,8 @@
 # are large.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/capture-common.sh
+source bench/capture-common.sh
 
 REDIS_PORT=${REDIS_PORT:-6391}
 EPOCHS=${EPOCHS:-30}
@@ -65,7 +67,7 @@ bench_pid=$!
 sleep "$WARMUP_SECONDS"
 
 echo "capturing redis-server (pid $redis_pid): $EPOCHS epochs every $INTERVAL_MS ms" >&2
-node dist/bench/capture.js --pid "$redis_pid" --epochs "$EPOCHS" --interval-ms "$INTERVAL_MS" --out "$TRACE"
+capture_trace "$redis_pid" "$TRACE" "$TRACES/redis-capture.txt"
 
 if kill -0 "$bench_pid" 2>/dev/null; then
   echo "the benchmark was still running during the whole capture" >&2
@@ -73,18 +75,4 @@ else
   echo "warning: the benchmark ended before the capture did; later epochs saw an idle server" >&2
 fi
 
-# A mismatch exits 1 but still prints its summary, which decides below.
-summary=$(node dist/src/cli.js replay "$TRACE" --json) || true
-printf '%s' "$summary" | node -e '
-  let text = "";
-  process.stdin.on("data", (c) => (text += c)).on("end", () => {
-    const s = JSON.parse(text);
-    const dirty = s.epochs.filter((e) => e.epoch > 0).map((e) => e.pages);
-    console.log(`trace: ${process.argv[1]}, ${require("fs").statSync(process.argv[1]).size} bytes`);
-    console.log(`epochs: ${s.epochs.length}; pages in epoch 0: ${s.epochs[0].pages}; final image: ${s.imagePages} pages`);
-    console.log(`dirty pages per epoch: ${dirty.join(" ")}`);
-    console.log(`dirty epochs: ${s.dirty.pages} pages, ${s.dirty.bytesIn} -> ${s.dirty.bytesOut} bytes, ratio ${s.dirty.ratio.toFixed(4)}`);
-    console.log(`all epochs: ratio ${s.total.ratio.toFixed(4)}; imageEqual: ${s.imageEqual}`);
-    process.exitCode = s.imageEqual ? 0 : 1;
-  });
-' "$TRACE"
+verify_replay "$TRACE"

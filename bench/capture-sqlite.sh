@@ -35,6 +35,8 @@
 # The trace goes to bench/traces/sqlite.rmtr, which git ignores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/capture-common.sh
+source bench/capture-common.sh
 
 EPOCHS=${EPOCHS:-30}
 INTERVAL_MS=${INTERVAL_MS:-100}
@@ -75,13 +77,6 @@ trap cleanup EXIT
 
 # Progress lines with the time since the capture started, to see how long
 # each epoch really ran.
-stamp() {
-  local t0=${EPOCHREALTIME/./} t line
-  while IFS= read -r line; do
-    t=${EPOCHREALTIME/./}
-    printf '+%d ms %s\n' $(((t - t0) / 1000)) "$line"
-  done
-}
 
 # $! is the workload itself (bash execs python in the background job).
 "$PYTHON" bench/workloads/sqlite-oltp.py "$work/bank.db" "$work/ready" \
@@ -99,11 +94,7 @@ done
 sleep "$WARMUP_SECONDS"
 
 echo "capturing the sqlite workload (pid $workload_pid): $EPOCHS epochs every $INTERVAL_MS ms" >&2
-# Its per-epoch progress (pages, pause) is kept next to the trace.
-{ nice -n -10 node dist/bench/capture.js --pid "$workload_pid" --epochs "$EPOCHS" --interval-ms "$INTERVAL_MS" --out "$TRACE.partial" \
-  2>&1 1>&3 | stamp | tee "$TRACES/sqlite-capture.txt" >&2; } 3>&1
-# Renamed when whole: a reader of the previous trace keeps reading that one.
-mv -f "$TRACE.partial" "$TRACE"
+capture_trace "$workload_pid" "$TRACE" "$TRACES/sqlite-capture.txt"
 
 if kill -0 "$workload_pid" 2>/dev/null; then
   echo "the workload was still running during the whole capture" >&2
@@ -115,18 +106,4 @@ else
 fi
 cat "$TRACES/sqlite-workload.txt" >&2
 
-# A mismatch exits 1 but still prints its summary, which decides below.
-summary=$(node dist/src/cli.js replay "$TRACE" --json) || true
-printf '%s' "$summary" | node -e '
-  let text = "";
-  process.stdin.on("data", (c) => (text += c)).on("end", () => {
-    const s = JSON.parse(text);
-    const dirty = s.epochs.filter((e) => e.epoch > 0).map((e) => e.pages);
-    console.log(`trace: ${process.argv[1]}, ${require("fs").statSync(process.argv[1]).size} bytes`);
-    console.log(`epochs: ${s.epochs.length}; pages in epoch 0: ${s.epochs[0].pages}; final image: ${s.imagePages} pages`);
-    console.log(`dirty pages per epoch: ${dirty.join(" ")}`);
-    console.log(`dirty epochs: ${s.dirty.pages} pages, ${s.dirty.bytesIn} -> ${s.dirty.bytesOut} bytes, ratio ${s.dirty.ratio.toFixed(4)}`);
-    console.log(`all epochs: ratio ${s.total.ratio.toFixed(4)}; imageEqual: ${s.imageEqual}`);
-    process.exitCode = s.imageEqual ? 0 : 1;
-  });
-' "$TRACE"
+verify_replay "$TRACE"
