@@ -69,6 +69,7 @@ function progressLine(e: CapturedEpoch): string {
 /** The capture command; `program` is how the usage names it. Returns the exit status. */
 export async function runCapture(argv: string[], program = 'remus-compress capture'): Promise<number> {
   const USAGE = captureUsage(program);
+  let stopResumingOnSignal: (() => void) | null = null;
   try {
     let parsed;
     try {
@@ -119,6 +120,10 @@ export async function runCapture(argv: string[], program = 'remus-compress captu
       onEpoch: (e) => process.stderr.write(progressLine(e)),
     };
 
+    // From here on the target may be stopped at any moment: a signal that
+    // ends this process must resume it first (the capture's own finally
+    // would not run).
+    stopResumingOnSignal = resumeOnSignal(options.pid);
     if (values.out !== undefined) {
       const result = await captureToFile(values.out, options);
       const bytes = statSync(values.out).size;
@@ -159,5 +164,32 @@ export async function runCapture(argv: string[], program = 'remus-compress captu
     const cause = e.cause?.message === undefined ? '' : ` (${e.cause.message})`;
     console.error(`capture: ${e.code ? `${e.code}: ` : ''}${e.message}${cause}`);
     return EXIT_FAILURE;
+  } finally {
+    stopResumingOnSignal?.();
   }
+}
+
+/** Exit status for a signal, as a shell reports it: 128 + its number. */
+const SIGNAL_EXIT: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+
+/**
+ * While a capture runs, SIGINT, SIGTERM or SIGHUP sends the target SIGCONT
+ * before this process exits: a checkpoint interrupted between its SIGSTOP
+ * and its SIGCONT would otherwise leave the target stopped (and a stopped
+ * process does not act on SIGTERM either). Returns the uninstaller.
+ */
+function resumeOnSignal(pid: number): () => void {
+  const handler = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // The target is gone: nothing to resume.
+    }
+    process.exit(SIGNAL_EXIT[signal] ?? EXIT_FAILURE);
+  };
+  const signals = Object.keys(SIGNAL_EXIT) as NodeJS.Signals[];
+  for (const s of signals) process.on(s, handler);
+  return () => {
+    for (const s of signals) process.off(s, handler);
+  };
 }
