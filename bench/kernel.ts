@@ -344,8 +344,8 @@ function align64(n: number): number {
  * the cache, hits Remus deltas, misses FULL and into the cache), the
  * worker's own CachePartition choosing slots, but every page operation
  * (zero test, delta, FULL copy, cache copy and fill, decode) a call into the
- * kernel over one shared memory. Not the worker yet (workers/ is not
- * changed): what moving it to the kernel would give.
+ * kernel over one shared memory: the worker's wasm path (workers/encoder.ts
+ * with a stream's arena) measured without a stream around it.
  */
 class OursWasmCodec implements KernelCodec {
   readonly name: 'ours-wasm' | 'xbzrle-wasm';
