@@ -558,13 +558,24 @@ export async function captureToFile(path: string, options: CaptureOptions): Prom
     const writer = await TraceWriter.create(path, capturer.pageSize);
     let epochs = 0;
     let pages = 0;
+    // The previous epoch's write runs while the schedule goes on: awaited
+    // inside it, writing epoch 0 (the whole image) made epoch 1 cover 2-3
+    // intervals. TraceWriter keeps overlapping writes in call order; one
+    // write is outstanding at most, so a disk slower than the checkpoints
+    // still holds the schedule back rather than piling up epochs in memory.
+    let writing: Promise<void> = Promise.resolve();
     try {
       for await (const epoch of scheduledEpochs(capturer, options)) {
-        await writer.writeEpoch(epoch.pfns, epoch.kinds, epoch.pages);
+        await writing;
+        writing = writer.writeEpoch(epoch.pfns, epoch.kinds, epoch.pages);
+        // Its failure is reported by the next await of `writing`.
+        writing.catch(() => undefined);
         epochs++;
         pages += epoch.pfns.length;
       }
+      await writing;
     } finally {
+      await writing.catch(() => undefined);
       await writer.close();
     }
     return { epochs, pages };
