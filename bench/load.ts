@@ -18,6 +18,7 @@ import { packageRoot } from '../src/package-root.js';
 import { encodeEpochRecord } from '../src/trace.js';
 import { SenderClient } from '../src/client.js';
 import { EPOCH_CONTENT_TYPE } from '../src/content-types.js';
+import { xorshift32 } from './xorshift.js';
 
 const PAGE_SIZE = 4096;
 const MIB = 1024 * 1024;
@@ -45,22 +46,9 @@ export interface LoadResult extends LoadConfig {
   wireRatio: number;
 }
 
-/** A small deterministic PRNG (xorshift32): the same load every run. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
 /** The epoch records one stream will send: a full image, then dirty epochs of `epochPages` sparse-edited pages. */
 export function makeEpochs(seed: number, epochPages: number, dirtyEpochs: number): Buffer[] {
-  const next = rng(seed);
+  const next = xorshift32(seed);
   const image = new Uint32Array(IMAGE_PAGES * PAGE_SIZE / 4);
   for (let i = 0; i < image.length; i++) image[i] = next();
   const image8 = new Uint8Array(image.buffer);

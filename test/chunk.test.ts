@@ -56,6 +56,8 @@ import {
   reseal,
   storedChunk,
   type RecordSpec,
+  receiverSnapshot,
+  refusal,
 } from './receiver-frames.js';
 
 /**
@@ -601,26 +603,13 @@ describe('chunkHasRoom / chunkLimitBytes', () => {
 
 const PS = 4096;
 
-function snapshot(rx: Receiver) {
-  return { digest: rx.imageDigest().toString('hex'), committed: rx.committedEpoch, staging: rx.stagingState, pages: rx.pageCount };
-}
-
-function refusal(rx: Receiver, frame: Uint8Array): FrameError {
-  try {
-    rx.applyFrame(frame);
-  } catch (err) {
-    expect(err).toBeInstanceOf(FrameError);
-    return err as FrameError;
-  }
-  throw new Error('the frame was accepted');
-}
 
 /** The frame is refused with `code`, and image, committed epoch and staging are as before. */
 function expectRefused(rx: Receiver, frame: Uint8Array, code: string, what = ''): FrameError {
-  const before = snapshot(rx);
+  const before = receiverSnapshot(rx);
   const err = refusal(rx, frame);
   expect(err.code, `${what}: ${err.message}`).toBe(code);
-  expect(snapshot(rx), `${what}: state after the refusal`).toEqual(before);
+  expect(receiverSnapshot(rx), `${what}: state after the refusal`).toEqual(before);
   return err;
 }
 
@@ -740,11 +729,11 @@ describe('codec 3 frames at the receiver', () => {
     const layout = [[[5, 6, 7]], [[1, 3], [4]], [[0, 2]]];
     const arrival = layout.flat(2).map((i) => s.r1[i]);
     const frames = chunkedEpochFrames(s.r1, layout, { epoch: 1, pageSize: PS, epochDigest: epochDigest(arrival, PS, 1, false) });
-    const before = snapshot(s.rx);
+    const before = receiverSnapshot(s.rx);
     s.rx.applyFrame(frames[0]);
     s.rx.applyFrame(frames[1]);
     expect(refusal(s.rx, frames[2]).code).toBe('FRAME_DIGEST_MISMATCH');
-    expect(snapshot(s.rx)).toEqual({ ...before, staging: null });
+    expect(receiverSnapshot(s.rx)).toEqual({ ...before, staging: null });
     // The right digest over the same chunks commits.
     for (const f of chunkedEpochFrames(s.r1, layout, { epoch: 1, pageSize: PS })) s.rx.applyFrame(f);
     s.model.commit(1, s.r1, false);
@@ -863,7 +852,7 @@ describe('codec 3 frames at the receiver', () => {
     const s = scenario();
     const four = s.r1.slice(0, 4);
     const digest = epochDigest(s.r1.slice(0, 3), PS, 1, false);
-    const before = snapshot(s.rx);
+    const before = receiverSnapshot(s.rx);
     const cases: { name: string; frames: Uint8Array[] }[] = [
       {
         name: 'indices 0, 1, 3 for a count of 3',
@@ -884,7 +873,7 @@ describe('codec 3 frames at the receiver', () => {
       const err = refusal(s.rx, c.frames[c.frames.length - 1]);
       expect(err.code, `${c.name}: ${err.message}`).toBe('FRAME_COUNT_MISMATCH');
       // A count mismatch discards the staged epoch; the image stays at epoch 0.
-      expect(snapshot(s.rx), c.name).toEqual({ ...before, staging: null });
+      expect(receiverSnapshot(s.rx), c.name).toEqual({ ...before, staging: null });
     }
     for (const f of chunkedEpochFrames(s.r1, [[[1, 3, 5, 7]], [[0, 2, 4, 6]]], { epoch: 1, pageSize: PS })) s.rx.applyFrame(f);
     s.model.commit(1, s.r1, false);

@@ -3,11 +3,14 @@
  * writeFrameHeader/sealFrame + digest groups), independent of the worker
  * pipeline, so receiver tests do not depend on the sender being right.
  */
+import { expect } from 'vitest';
 import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_STORED, ChunkWriter } from '../src/codec/chunk.js';
 import { encodeRemusDelta, encodeRemusFull, remusMaxEncodedBytes } from '../src/codec/remus.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from '../src/digest.js';
 import { writePfn } from '../src/epoch-record.js';
+import { FrameError } from '../src/errors.js';
 import { sealFrame, writeFrameHeader } from '../src/frames.js';
+import type { Receiver } from '../src/receiver.js';
 import {
   CHUNK_HEADER_MAX_BYTES,
   CODEC_REMUS,
@@ -299,4 +302,20 @@ export class Prng {
     }
     return next;
   }
+}
+
+/** What a refused frame must leave as it was: the image, the committed epoch and the staging. */
+export function receiverSnapshot(rx: Receiver) {
+  return { digest: rx.imageDigest().toString('hex'), committed: rx.committedEpoch, staging: rx.stagingState, pages: rx.pageCount };
+}
+
+/** Apply `frame`, expecting a FrameError; returns it. */
+export function refusal(rx: Receiver, frame: Uint8Array): FrameError {
+  try {
+    rx.applyFrame(frame);
+  } catch (err) {
+    expect(err).toBeInstanceOf(FrameError);
+    return err as FrameError;
+  }
+  throw new Error('the frame was accepted');
 }

@@ -17,6 +17,8 @@ import {
   recordBytes,
   reseal,
   type RecordSpec,
+  receiverSnapshot,
+  refusal,
 } from './receiver-frames.js';
 
 const PS = 4096;
@@ -84,26 +86,13 @@ function expectImage(rx: Receiver, model: SenderModel): void {
   expect(rx.committedEpoch).toBe(model.epoch);
 }
 
-function snapshot(rx: Receiver) {
-  return { digest: rx.imageDigest().toString('hex'), committed: rx.committedEpoch, staging: rx.stagingState, pages: rx.pageCount };
-}
-
-function refusal(rx: Receiver, frame: Uint8Array): FrameError {
-  try {
-    rx.applyFrame(frame);
-  } catch (err) {
-    expect(err).toBeInstanceOf(FrameError);
-    return err as FrameError;
-  }
-  throw new Error('the frame was accepted');
-}
 
 /** The frame is refused with `code`, and image, committed epoch and staging are as before. */
 function expectRefused(rx: Receiver, frame: Uint8Array, code: string): FrameError {
-  const before = snapshot(rx);
+  const before = receiverSnapshot(rx);
   const err = refusal(rx, frame);
   expect(err.code, err.message).toBe(code);
-  expect(snapshot(rx)).toEqual(before);
+  expect(receiverSnapshot(rx)).toEqual(before);
   return err;
 }
 
@@ -442,12 +431,12 @@ describe('Receiver: refusals leave image, epoch and staging as they were', () =>
     const s = scenario();
     const rx = new Receiver({ pageSize: PS, image: new MemoryImage(PS) });
     applyAll(rx, s.f1);
-    const before = snapshot(rx);
+    const before = receiverSnapshot(rx);
     const forged = s.f2.map((f) => edited(f, (b) => (b[FRAME_FIELD.flags] |= FLAG_RESYNC)));
     for (const frame of forged.slice(0, -1)) rx.applyFrame(frame);
     // A digest mismatch discards the staged epoch; the image stays at epoch 1.
     expect(refusal(rx, forged[forged.length - 1]).code).toBe('FRAME_DIGEST_MISMATCH');
-    expect(snapshot(rx)).toEqual({ ...before, staging: null });
+    expect(receiverSnapshot(rx)).toEqual({ ...before, staging: null });
     expect(rx.committedEpoch).toBe(1);
   });
 

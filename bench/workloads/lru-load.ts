@@ -13,20 +13,9 @@
 import { Agent, request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { xorshiftUnit } from '../xorshift.js';
 
 const TAGS = ['red', 'green', 'blue', 'cyan', 'magenta', 'yellow', 'black', 'white', 'grey', 'orange'];
-
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x1_0000_0000;
-  };
-}
 
 function call(agent: Agent, port: number, method: string, path: string, body?: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -72,7 +61,7 @@ async function main(): Promise<void> {
   let failed = 0;
 
   const loop = async (n: number): Promise<void> => {
-    const rand = xorshift(Number(values.seed) * 1000 + n + 1);
+    const rand = xorshiftUnit(Number(values.seed) * 1000 + n + 1);
     // Loops start spread over one period, so the requests do not come in bursts.
     const start = Date.now() + (period * 1000 * n) / concurrency;
     for (let k = 0; sent < maxRequests && Date.now() < deadline; k++) {

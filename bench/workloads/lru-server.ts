@@ -18,6 +18,7 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { parseArgs } from 'node:util';
+import { xorshiftUnit } from '../xorshift.js';
 
 interface HistoryItem {
   at: number;
@@ -41,21 +42,9 @@ const SCORES = 32;
 const HISTORY_MAX = 16;
 const TAGS_MAX = 8;
 
-/** Seeded per record, so a record rebuilt after eviction has the same contents. */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x1_0000_0000;
-  };
-}
-
 function buildEntry(id: number): Entry {
-  const rand = xorshift(id * 2654435761);
+  // Seeded per record, so a record rebuilt after eviction has the same contents.
+  const rand = xorshiftUnit(id * 2654435761);
   const words: string[] = [];
   const length = 30 + Math.floor(rand() * 220);
   for (let i = 0; i < length; i++) words.push(WORDS[Math.floor(rand() * WORDS.length)]);
