@@ -197,20 +197,9 @@ class OursCodec implements KernelCodec {
     }
     this.work = new SharedArrayBuffer(total);
     this.work8 = new Uint8Array(this.work);
-    const slotOf = new Map<number, number>();
-    this.slots = epochs.map((e) => {
-      const s = new Int32Array(e.count);
-      for (let i = 0; i < e.count; i++) {
-        let slot = slotOf.get(e.pfns[i]);
-        if (slot === undefined) {
-          slot = slotOf.size;
-          slotOf.set(e.pfns[i], slot);
-        }
-        s[i] = slot;
-      }
-      return s;
-    });
-    this.image = new Uint8Array(slotOf.size * pageSize);
+    const { slots, distinct } = imageSlots(trace);
+    this.slots = slots;
+    this.image = new Uint8Array(distinct * pageSize);
   }
 
   reset(): void {

@@ -56,6 +56,7 @@ import {
   reseal,
   storedChunk,
   type RecordSpec,
+  expectImage,
   receiverSnapshot,
   refusal,
 } from './receiver-frames.js';
@@ -613,16 +614,6 @@ function expectRefused(rx: Receiver, frame: Uint8Array, code: string, what = '')
   return err;
 }
 
-function expectImage(rx: Receiver, model: SenderModel): void {
-  expect(rx.pageCount).toBe(model.pages.size);
-  const got = new Uint8Array(model.pageSize);
-  for (const [pfn, page] of model.pages) {
-    expect(rx.readPage(pfn, got), `pfn ${pfn} present`).toBe(true);
-    expect(Buffer.from(got).equals(Buffer.from(page)), `pfn ${pfn} contents`).toBe(true);
-  }
-  expect(rx.imageDigest().toString('hex')).toBe(model.imageDigest().toString('hex'));
-  expect(rx.committedEpoch).toBe(model.epoch);
-}
 
 /** The chunk headers of a codec 3 frame's payload. */
 function chunksOf(frame: Uint8Array): ChunkHeader[] {

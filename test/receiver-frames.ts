@@ -319,3 +319,15 @@ export function refusal(rx: Receiver, frame: Uint8Array): FrameError {
   }
   throw new Error('the frame was accepted');
 }
+
+/** The receiver holds exactly the model's image: every page, the image digest, the committed epoch. */
+export function expectImage(rx: Receiver, model: SenderModel): void {
+  expect(rx.pageCount).toBe(model.pages.size);
+  const got = new Uint8Array(model.pageSize);
+  for (const [pfn, page] of model.pages) {
+    expect(rx.readPage(pfn, got), `pfn ${pfn} present`).toBe(true);
+    expect(Buffer.from(got).equals(Buffer.from(page)), `pfn ${pfn} contents`).toBe(true);
+  }
+  expect(rx.imageDigest().toString('hex')).toBe(model.imageDigest().toString('hex'));
+  expect(rx.committedEpoch).toBe(model.epoch);
+}

@@ -17,6 +17,7 @@ import {
   recordBytes,
   reseal,
   type RecordSpec,
+  expectImage,
   receiverSnapshot,
   refusal,
 } from './receiver-frames.js';
@@ -75,16 +76,6 @@ function epoch2Changes(model: SenderModel, rng: Prng): Array<[number, Uint8Array
   ];
 }
 
-function expectImage(rx: Receiver, model: SenderModel): void {
-  expect(rx.pageCount).toBe(model.pages.size);
-  const got = new Uint8Array(model.pageSize);
-  for (const [pfn, page] of model.pages) {
-    expect(rx.readPage(pfn, got), `pfn ${pfn} present`).toBe(true);
-    expect(Buffer.from(got).equals(Buffer.from(page)), `pfn ${pfn} contents`).toBe(true);
-  }
-  expect(rx.imageDigest().toString('hex')).toBe(model.imageDigest().toString('hex'));
-  expect(rx.committedEpoch).toBe(model.epoch);
-}
 
 
 /** The frame is refused with `code`, and image, committed epoch and staging are as before. */
