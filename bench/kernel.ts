@@ -179,7 +179,7 @@ class OursCodec implements KernelCodec {
     this.description = {
       ours: `worker encode loop, ${this.slotCount}-page cache; decodeRemusPage onto the previous image`,
       xbzrle: `worker encode loop with codec xbzrle (QEMU XBZRLE), ${this.slotCount}-page cache; decodeXbzrleBody onto the previous image`,
-      'ours-zstd': `worker encode loop with codec remus-zstd (records in zstd -1 chunks), ${this.slotCount}-page cache; zstd then decodeRemusPage`,
+      'ours-zstd': `worker encode loop with codec remus-zstd (records in zstd chunks, level 2), ${this.slotCount}-page cache; zstd then decodeRemusPage`,
     }[name];
     this.indices = new SharedArrayBuffer(4 * maxCount);
     const indices = new Int32Array(this.indices);
