@@ -7,7 +7,8 @@
  * deltas (a few changed words per page) compress only when many are seen
  * together. Measured on the python and redis traces (32 MiB cache), zstd -1
  * over chunks of >= 128 records halves the python output and divides redis'
- * by 4.6, where one zstd frame per page or lz4 over chunks do not reach half.
+ * by 4.6, where one zstd frame per page or lz4 over chunks do not reach half
+ * (level 2 is used: see CHUNK_ZSTD_LEVEL).
  *
  * A chunk record:
  *   RECORD_CHUNK              u8
@@ -63,11 +64,13 @@ export const MAX_CHUNK_RECORDS = 4096;
 export const CHUNK_INDEX_RESERVE_BYTES = CHUNK_FIRST_INDEX_MAX_BYTES + 3 * MAX_CHUNK_RECORDS;
 
 /**
- * zstd level of the second stage. Level 2 against 1, measured on the kernel
- * bench's ours-zstd row (node dist/bench/kernel.js, 3 passes): out/in
- * python 1.095% -> 1.000%, redis 2.647% -> 2.575%, postgres 4.022% ->
- * 3.709%, encode within noise (2.37 -> 2.52, 1.40 -> 1.41, 0.97 -> 0.93
- * GB/s). Python's deltas are the tightest case against the seed's bytes.
+ * zstd level of the second stage. Level 2 against 1 on the kernel bench's
+ * ours-zstd row (node dist/bench/kernel.js over the five traces, runs of
+ * 04:31 and 05:02 UTC on 2026-11-26): out/in python 1.09% -> 1.00%, redis
+ * 2.65% -> 2.58%, postgres 4.02% -> 3.71%, sqlite 8.75% -> 8.45%, node
+ * 16.06% -> 15.26%, for 1-11% of encode speed (python 2.55 -> 2.42 GB/s,
+ * sqlite 0.90 -> 0.80). Chosen for python, the tightest case against the
+ * seed's bytes (0.48x -> 0.44x).
  */
 export const CHUNK_ZSTD_LEVEL = 2;
 
