@@ -48,16 +48,15 @@ import zstd from 'zstd-napi/binding.js';
 import runEncoderTask from '../workers/encoder.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type InvalidateTask } from '../workers/protocol.js';
 import { decodeRemusPage } from '../src/codec/remus.js';
-import { createKernelMemory, instantiateRemusWasm, type RemusWasmKernel } from '../src/codec/remus-wasm.js';
-import { CachePartition } from '../workers/cache-partition.js';
-import { decodeXbzrleBody, XBZRLE_FULL, XBZRLE_UNCHANGED } from '../src/codec/xbzrle.js';
-import { maxRecordBytes } from '../src/frames.js';
-import { epochLayout, KIND_RAW, readPfn, type EpochLayout } from '../src/epoch-record.js';
+import { createKernelMemory, instantiateRemusWasm, type KernelMemory, type RemusWasmKernel } from '../src/codec/remus-wasm.js';
+import { decodeXbzrleBody } from '../src/codec/xbzrle.js';
+import { recordRegionBytes } from '../src/frames.js';
+import { epochLayout, type EpochLayout } from '../src/epoch-record.js';
 import { packageRoot } from '../src/package-root.js';
 import { parseTrace } from '../src/trace.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
-import { CHUNK_OVERHEAD_BYTES, CODEC_REMUS, CODEC_REMUS_ZSTD, CODEC_XBZRLE, RECORD_REMUS, RECORD_ZERO, writeUleb128 } from '../src/wire.js';
-import { ChunkReader, MAX_CHUNK_RECORDS, chunkLimitBytes, readChunkHeader, readChunkIndices } from '../src/codec/chunk.js';
+import { CODEC_REMUS, CODEC_REMUS_ZSTD, CODEC_XBZRLE, RECORD_ZERO } from '../src/wire.js';
+import { ChunkReader, chunkLimitBytes } from '../src/codec/chunk.js';
 import { DEFAULT_FRAME_BYTES } from '../src/sender.js';
 
 /** The lz4 package ships no types; the two block calls of its C binding that we use. */
@@ -170,7 +169,6 @@ class OursCodec implements KernelCodec {
   private readonly slots: Int32Array[];
 
   private readonly chunks = new ChunkReader();
-  private readonly chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
 
   constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours' | 'xbzrle' | 'ours-zstd' = 'ours') {
     const { pageSize, epochs, maxCount } = trace;
@@ -187,7 +185,7 @@ class OursCodec implements KernelCodec {
     this.records = new SharedArrayBuffer(8 * maxCount);
     // Every epoch keeps its records (the decode pass runs after all encodes),
     // each in a region sized for the worst case as the stream sizes them.
-    const worst = maxRecordBytes(pageSize) + CHUNK_OVERHEAD_BYTES;
+    const worst = recordRegionBytes(pageSize);
     let total = 0;
     for (const e of epochs) {
       this.outStart.push(total);
@@ -278,13 +276,13 @@ class OursCodec implements KernelCodec {
     const { pageSize } = this.trace;
     const image = this.image;
     while (pos < end) {
-      const chunk = readChunkHeader(this.work8, pos, end);
-      const raw = this.chunks.raw(this.work8, chunk);
-      let p = readChunkIndices(raw, chunk.records, this.chunkSlots, slots.length);
+      const { header: chunk, raw, recordsStart } = this.chunks.open(this.work8, pos, end, slots.length);
+      const indices = this.chunks.indices;
+      let p = recordsStart;
       for (let k = 0; k < chunk.records; k++) {
         const type = raw[p++];
         while ((raw[p++] & 0x80) !== 0); // the pfn; the image slot comes from the page's index
-        const at = slots[this.chunkSlots[k]] * pageSize;
+        const at = slots[indices[k]] * pageSize;
         if (type === RECORD_ZERO) image.fill(0, at, at + pageSize);
         else p = decodeRemusPage(raw, p, raw.length, image, at, pageSize);
       }
@@ -328,23 +326,27 @@ function align64(n: number): number {
 }
 
 /**
- * ours with the WebAssembly kernel: workers/encoder.ts's remus path line for
- * line (raw pages FULL and out of the cache, zero pages ZERO and zeroed in
- * the cache, hits Remus deltas, misses FULL and into the cache), the
- * worker's own CachePartition choosing slots, but every page operation
- * (zero test, delta, FULL copy, cache copy and fill, decode) a call into the
- * kernel over one shared memory: the worker's wasm path (workers/encoder.ts
- * with a stream's arena) measured without a stream around it.
+ * ours with the WebAssembly kernel: the worker's own encode task
+ * (workers/encoder.ts, called directly) over an arena as a stream gives it,
+ * one shared wasm memory holding the epoch records, the partition's cache
+ * slab and the record regions, so the worker takes its wasm path; decode is
+ * the kernel's decodePage (XBZRLE: decodeXbzrleBody) onto an image in the
+ * same memory.
  */
 class OursWasmCodec implements KernelCodec {
   readonly name: 'ours-wasm' | 'xbzrle-wasm';
   readonly description: string;
   readonly decodes = true;
   readonly counters: EncodeResult[] = [];
+  private readonly stream = `kernel-bench-wasm-${process.pid}-${streamSerial++}`;
   private readonly slotCount: number;
-  private readonly part: CachePartition;
+  private readonly memory: KernelMemory;
+  private readonly arena: SharedArrayBuffer;
   private readonly k: RemusWasmKernel;
   private readonly mem8: Uint8Array;
+  private readonly indices: SharedArrayBuffer;
+  private readonly records: SharedArrayBuffer;
+  private readonly groupHashes = new SharedArrayBuffer(0);
   /** Where each epoch record starts in the memory. */
   private readonly recordAt: number[] = [];
   private readonly cacheAt: number;
@@ -352,7 +354,6 @@ class OursWasmCodec implements KernelCodec {
   private readonly outStart: number[] = [];
   private readonly outLimit: number[] = [];
   private readonly outEnd: number[] = [];
-  private readonly records: Int32Array;
   private readonly slots: Int32Array[];
 
   constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours-wasm' | 'xbzrle-wasm' = 'ours-wasm') {
@@ -360,16 +361,16 @@ class OursWasmCodec implements KernelCodec {
     this.name = name;
     this.slotCount = Math.floor(cacheBytes / pageSize);
     this.description = name === 'ours-wasm'
-      ? `ours' worker loop and ${this.slotCount}-page cache with the WebAssembly SIMD kernel (src/codec/remus-wasm.ts) ` +
-        'over one shared wasm memory; its decodePage onto the previous image'
-      : `xbzrle's worker loop and ${this.slotCount}-page cache with the kernel's XBZRLE encoder over one shared wasm memory; ` +
-        'decodeXbzrleBody (TypeScript) onto the previous image';
-    // Only its LRU bookkeeping is used; page bytes live in the wasm memory.
-    this.part = new CachePartition(pageSize, this.slotCount, SEED_CACHE_POLICY);
-    this.records = new Int32Array(2 * maxCount);
+      ? `worker encode loop on its wasm path (the WebAssembly SIMD kernel over a shared-memory arena), ${this.slotCount}-page cache; ` +
+        "the kernel's decodePage onto the previous image"
+      : `worker encode loop with codec xbzrle on its wasm path, ${this.slotCount}-page cache; decodeXbzrleBody (TypeScript) onto the previous image`;
+    this.indices = new SharedArrayBuffer(4 * maxCount);
+    const indices = new Int32Array(this.indices);
+    for (let i = 0; i < maxCount; i++) indices[i] = i;
+    this.records = new SharedArrayBuffer(8 * maxCount);
     const { slots, distinct } = imageSlots(trace);
     this.slots = slots;
-    const worst = maxRecordBytes(pageSize);
+    const worst = recordRegionBytes(pageSize);
     let at = 64;
     for (const e of epochs) {
       this.recordAt.push(at);
@@ -386,94 +387,62 @@ class OursWasmCodec implements KernelCodec {
     }
     this.imageAt = at;
     at += distinct * pageSize;
-    const memory = createKernelMemory(at);
-    this.k = instantiateRemusWasm(memory);
-    this.mem8 = new Uint8Array(memory.buffer);
+    this.memory = createKernelMemory(at);
+    this.arena = this.memory.buffer as SharedArrayBuffer;
+    this.k = instantiateRemusWasm(this.memory);
+    this.mem8 = new Uint8Array(this.arena);
     // The epoch records go into the shared memory once, before any timing.
     for (const [e, ep] of epochs.entries()) this.mem8.set(new Uint8Array(ep.record), this.recordAt[e]);
   }
 
   reset(): void {
-    // Forget every page, as ours does (the slots' bytes need no clearing: a
-    // slot is written whole when a page is put in it).
-    for (const e of this.trace.epochs) for (let i = 0; i < e.count; i++) this.part.remove(e.pfns[i]);
+    // As ours: forget every page (a slot is written whole before it is used again).
+    for (const [e, ep] of this.trace.epochs.entries()) {
+      const task: InvalidateTask = {
+        op: 'invalidate', stream: this.stream, partition: 0, input: this.arena, pfnOffset: this.recordAt[e] + ep.layout.pfnOffset, count: ep.count,
+      };
+      runEncoderTask(task);
+    }
     this.k.fill(this.imageAt, 0, this.mem8.length - this.imageAt);
     this.counters.length = 0;
   }
 
   encode(e: number): number {
     const ep = this.trace.epochs[e];
-    const { pageSize } = this.trace;
-    const k = this.k;
-    const m = this.mem8;
-    const part = this.part;
-    const records = this.records;
-    const cacheAt = this.cacheAt;
     const base = this.recordAt[e];
-    const pfnOffset = base + ep.layout.pfnOffset;
-    const kindOffset = base + ep.layout.kindOffset;
-    const pageOffset = base + ep.layout.pageOffset;
-    const limit = this.outLimit[e];
-    const result: EncodeResult = {
-      end: 0, cacheHits: 0, cacheMisses: 0, zeroPages: 0, rawPages: 0,
-      unchangedPages: 0, overflows: 0, cachedPages: 0, busyNs: 0,
+    const task: EncodeTask = {
+      op: 'encode',
+      stream: this.stream,
+      partition: 0,
+      pageSize: this.trace.pageSize,
+      codec: this.name === 'xbzrle-wasm' ? CODEC_XBZRLE : CODEC_REMUS,
+      slotCount: this.slotCount,
+      cachePolicy: SEED_CACHE_POLICY,
+      input: this.arena,
+      pfnOffset: base + ep.layout.pfnOffset,
+      kindOffset: base + ep.layout.kindOffset,
+      pageOffset: base + ep.layout.pageOffset,
+      indices: this.indices,
+      indexStart: 0,
+      indexCount: ep.count,
+      work: this.arena,
+      outStart: this.outStart[e],
+      outLimit: this.outLimit[e],
+      chunkBytes: 0,
+      records: this.records,
+      groupHashes: this.groupHashes,
+      groupFirst: 0,
+      groupEnd: 0,
+      groupStep: 1,
+      pageCount: ep.count,
+      memory: this.memory,
+      cacheOffset: this.cacheAt,
+      kernel: 'wasm',
     };
-    const xbzrle = this.name === 'xbzrle-wasm';
-    let pos = this.outStart[e];
-    for (let i = 0; i < ep.count; i++) {
-      const pfn = readPfn(m, pfnOffset + 8 * i);
-      const pageByte = pageOffset + i * pageSize;
-      const recordStart = pos;
-      const typePos = pos++;
-      pos = writeUleb128(m, pos, pfn);
-      if (m[kindOffset + i] === KIND_RAW) {
-        part.remove(pfn);
-        m[typePos] = RECORD_REMUS;
-        pos = k.encodeFull(pageByte, pageSize, pos);
-        result.rawPages++;
-      } else if (k.isZeroPage(pageByte, pageSize)) {
-        m[typePos] = RECORD_ZERO;
-        let slot = part.lookup(pfn);
-        if (slot < 0) slot = part.insert(pfn);
-        if (slot >= 0) k.fill(cacheAt + slot * pageSize, 0, pageSize);
-        result.zeroPages++;
-      } else {
-        m[typePos] = RECORD_REMUS;
-        let slot = part.lookup(pfn);
-        if (slot >= 0 && xbzrle) {
-          // As the worker: the cached copy becomes the page unless it was unchanged.
-          const bodyStart = pos;
-          pos = k.encodeXbzrleBody(pageByte, cacheAt + slot * pageSize, pageSize, pos);
-          result.cacheHits++;
-          const kind = m[bodyStart];
-          if (kind === XBZRLE_UNCHANGED) {
-            result.unchangedPages++;
-          } else {
-            k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
-            if (kind === XBZRLE_FULL) result.overflows++;
-          }
-        } else if (slot >= 0) {
-          const bodyStart = pos;
-          pos = k.encodeDelta(pageByte, cacheAt + slot * pageSize, pageSize, pos);
-          result.cacheHits++;
-          if (pos - bodyStart === 1) result.unchangedPages++;
-          else if (pos - bodyStart >= pageSize + 1) result.overflows++;
-        } else {
-          slot = part.insert(pfn);
-          if (slot >= 0) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
-          pos = k.encodeFull(pageByte, pageSize, pos);
-          result.cacheMisses++;
-        }
-      }
-      if (pos > limit) throw new Error(`encode region overflow: ${pos} > ${limit}`);
-      records[2 * i] = recordStart;
-      records[2 * i + 1] = pos - recordStart;
-    }
-    result.end = pos;
-    result.cachedPages = part.size;
+    const result = runEncoderTask(task) as EncodeResult;
     this.counters[e] = result;
-    this.outEnd[e] = pos;
-    return pos - this.outStart[e];
+    this.outEnd[e] = result.end;
+    return result.end - this.outStart[e];
   }
 
   decode(e: number): void {

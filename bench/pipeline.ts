@@ -24,6 +24,7 @@ import type { KernelChoice } from '../workers/protocol.js';
 import type { FrameSink } from '../src/merge.js';
 import { makeEpochs } from './load.js';
 import { parseTrace } from '../src/trace.js';
+import { CACHE_POLICIES, isCachePolicyName } from '../workers/cache-policy.js';
 import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
 
 const PAGE_SIZE = 4096;
@@ -41,7 +42,7 @@ const { values } = parseArgs({
   },
 });
 const cachePolicy = values['cache-policy'];
-if (cachePolicy !== 'tinylfu' && cachePolicy !== 'lru') throw new Error(`--cache-policy: ${cachePolicy} is not tinylfu or lru`);
+if (!isCachePolicyName(cachePolicy)) throw new Error(`--cache-policy: ${cachePolicy} is not one of ${CACHE_POLICIES.join(', ')}`);
 const codecs = values.codec.split(',');
 for (const codec of codecs) if (!isCodecName(codec)) throw new Error(`--codec: ${codec} is not one of ${CODEC_NAMES.join(', ')}`);
 const kernels = values.kernel.split(',');

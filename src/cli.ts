@@ -10,6 +10,7 @@ import { ProgressBar } from './progress.js';
 import { runReceive } from './receive-cli.js';
 import { formatReplay, replay } from './replay.js';
 import { CODEC_NAMES, isCodecName } from './wire.js';
+import { CACHE_POLICIES, isCachePolicyName } from '../workers/cache-policy.js';
 import {
   DEFAULT_EPOCHS_PER_WORKER, DEFAULT_KERNEL, DEFAULT_MAX_EPOCH_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET_BYTES, isKernelChoice, KERNEL_CHOICES,
 } from './sender.js';
@@ -271,8 +272,8 @@ async function replayCommand(argv: string[]): Promise<number> {
     throw new UsageError(`--codec: expected ${CODEC_NAMES.join(', ')}, got ${JSON.stringify(codec)}`);
   }
   const cachePolicy = values['cache-policy'];
-  if (cachePolicy !== undefined && cachePolicy !== 'tinylfu' && cachePolicy !== 'lru') {
-    throw new UsageError(`--cache-policy: expected tinylfu or lru, got ${JSON.stringify(cachePolicy)}`);
+  if (cachePolicy !== undefined && !isCachePolicyName(cachePolicy)) {
+    throw new UsageError(`--cache-policy: expected ${CACHE_POLICIES.join(', ')}, got ${JSON.stringify(cachePolicy)}`);
   }
   const json = values.json === true;
   // A bar redrawn in place when a person watches; a line per epoch in logs.

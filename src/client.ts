@@ -1,6 +1,7 @@
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from './content-types.js';
 import type { EpochSummary } from './stream.js';
 import type { CodecName } from './wire.js';
+import type { CachePolicyName } from '../workers/cache-policy.js';
 
 /**
  * A small typed client for controllers written in TypeScript, over Node's
@@ -30,7 +31,7 @@ export interface StreamConfigRequest {
   /** Page encoding: 'remus-zstd' (default, frame codec 3), 'remus' (frame codec 1) or 'xbzrle' (QEMU's XBZRLE, frame codec 2). */
   codec?: CodecName;
   /** Cache eviction: 'tinylfu' (default) or 'lru' (the seed's). */
-  cachePolicy?: 'tinylfu' | 'lru';
+  cachePolicy?: CachePolicyName;
 }
 
 /** What the sender reports of an epoch it completed. */

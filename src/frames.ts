@@ -158,9 +158,18 @@ export function maxRecordBytes(pageSize: number): number {
   return RECORD_PREFIX_MAX_BYTES + Math.max(remusMaxEncodedBytes(pageSize), xbzrleMaxEncodedBytes(pageSize));
 }
 
+/**
+ * Bytes to reserve per page where records are written: the largest record
+ * plus what a codec 3 chunk of one page adds to it (each further page of a
+ * chunk adds less), so a region of n x this holds any n records.
+ */
+export function recordRegionBytes(pageSize: number): number {
+  return CHUNK_OVERHEAD_BYTES + maxRecordBytes(pageSize);
+}
+
 /** The smallest frame size that can carry any record of this page size, alone or in a chunk of one (codec 3). */
 export function minFrameBytes(pageSize: number): number {
-  return FRAME_HEADER_BYTES + CHUNK_OVERHEAD_BYTES + maxRecordBytes(pageSize);
+  return FRAME_HEADER_BYTES + recordRegionBytes(pageSize);
 }
 
 /**

@@ -9,7 +9,7 @@ import { KIND_RAW } from './epoch-record.js';
 import { CodecError, FrameError } from './errors.js';
 import { FRAME_FIELD, FrameSplitter, computeFrameCrc, readFrameHeader, readU32 } from './frames.js';
 import { openTrace, TRACE_MAGIC } from './trace.js';
-import { ChunkReader, MAX_CHUNK_RECORDS, readChunkHeader, readChunkIndices, type ChunkHeader } from './codec/chunk.js';
+import { ChunkReader, type OpenChunk } from './codec/chunk.js';
 import {
   CODEC_REMUS,
   CODEC_REMUS_ZSTD,
@@ -25,6 +25,7 @@ import {
   RECORD_CHUNK,
   RECORD_REMUS,
   RECORD_ZERO,
+  isKnownCodecByte,
 } from './wire.js';
 
 export interface TraceEpochRow {
@@ -158,7 +159,6 @@ function flagNames(flags: number): string[] {
 
 /** Decompresses codec 3 chunks for countRecords; made on first use. */
 let chunkReader: ChunkReader | null = null;
-const chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
 /** Indices are ULEB128 of at most 4 bytes: any value below 2^28 is well formed here. */
 const MAX_CHUNK_INDEX = 2 ** 28;
 
@@ -174,17 +174,15 @@ export function countRecords(payload: Uint8Array, recordCount: number, pageSize:
   for (let n = 0; n < recordCount; n++) {
     if (pos >= payload.length) return { counts, error: `chunk ${n} at payload byte ${pos}: payload ends before the chunk` };
     if (payload[pos] !== RECORD_CHUNK) return { counts, error: `chunk ${n} at payload byte ${pos}: record type ${payload[pos]}, expected a chunk (${RECORD_CHUNK})` };
-    let records: Uint8Array;
-    let header: ChunkHeader;
+    let opened: OpenChunk;
     try {
-      header = readChunkHeader(payload, pos, payload.length);
-      const raw = chunkReader.raw(payload, header);
-      records = raw.subarray(readChunkIndices(raw, header.records, chunkSlots, MAX_CHUNK_INDEX));
+      opened = chunkReader.open(payload, pos, payload.length, MAX_CHUNK_INDEX);
     } catch (err) {
       const code = err instanceof CodecError ? `${err.code}: ` : '';
       return { counts, error: `chunk ${n} at payload byte ${pos}: ${code}${(err as Error).message}` };
     }
-    const inner = countPageRecords(records, header.records, pageSize, CODEC_REMUS, counts);
+    const { header, raw, recordsStart } = opened;
+    const inner = countPageRecords(raw.subarray(recordsStart), header.records, pageSize, CODEC_REMUS, counts);
     if (inner.error !== undefined) return { counts, error: `chunk ${n} at payload byte ${pos}: ${inner.error}` };
     pos = header.end;
   }
@@ -270,7 +268,7 @@ function describeFrame(frame: Uint8Array, offset: number): FrameRow {
   const problems: string[] = [];
   const version = frame[FRAME_FIELD.version];
   if (version !== FRAME_VERSION) problems.push(`version ${version}`);
-  if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE && h.codec !== CODEC_REMUS_ZSTD) problems.push(`codec ${h.codec}`);
+  if (!isKnownCodecByte(h.codec)) problems.push(`codec ${h.codec}`);
   if (h.pageShift < 9 || h.pageShift > 16) problems.push(`pageShift ${h.pageShift}`);
   const row: FrameRow = {
     offset,

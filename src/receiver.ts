@@ -6,14 +6,13 @@
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
-import { ChunkReader, MAX_CHUNK_RECORDS, readChunkHeader, readChunkIndices, type ChunkHeader } from './codec/chunk.js';
+import { ChunkReader, type OpenChunk } from './codec/chunk.js';
 import { decodeXbzrleBody, XBZRLE_DELTA, XBZRLE_FULL, XBZRLE_UNCHANGED } from './codec/xbzrle.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from './digest.js';
 import { readPfn, writePfn } from './epoch-record.js';
 import { CodecError, FrameError, ServiceError } from './errors.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
 import {
-  CODEC_REMUS,
   CODEC_REMUS_ZSTD,
   CODEC_XBZRLE,
   FLAG_ABORT,
@@ -28,6 +27,8 @@ import {
   RECORD_CHUNK,
   RECORD_REMUS,
   RECORD_ZERO,
+  isKnownCodecByte,
+  knownCodecsText,
   pageShiftOf,
 } from './wire.js';
 
@@ -580,8 +581,6 @@ export class Receiver {
   private readonly scratchSlots = new Set<number>();
   /** Decompresses codec 3 chunks (one zstd context and a MAX_CHUNK_RAW_BYTES scratch). */
   private readonly chunks = new ChunkReader();
-  /** The slots (request-order indices) of the chunk being decoded. */
-  private readonly chunkSlots = new Int32Array(MAX_CHUNK_RECORDS);
   private committed: number | null;
 
   constructor(options: ReceiverOptions) {
@@ -706,10 +705,10 @@ export class Receiver {
     if ((h.flags & FLAG_ABORT) !== 0 && (h.flags & FLAG_LAST) !== 0) {
       throw new FrameError('FRAME_BAD_FLAGS', `flags 0x${h.flags.toString(16)} at byte ${FRAME_FIELD.flags} set both ABORT and LAST`);
     }
-    if (h.codec !== CODEC_REMUS && h.codec !== CODEC_XBZRLE && h.codec !== CODEC_REMUS_ZSTD) {
+    if (!isKnownCodecByte(h.codec)) {
       throw new FrameError(
         'FRAME_BAD_CODEC',
-        `codec ${h.codec} at byte ${FRAME_FIELD.codec} is not supported by this receiver: expected ${CODEC_REMUS} (remus), ${CODEC_XBZRLE} (xbzrle) or ${CODEC_REMUS_ZSTD} (remus-zstd)`,
+        `codec ${h.codec} at byte ${FRAME_FIELD.codec} is not supported by this receiver: expected one of ${knownCodecsText()}`,
       );
     }
     if (h.pageShift !== this.pageShift) {
@@ -826,22 +825,20 @@ export class Receiver {
         if (frame[pos] !== RECORD_CHUNK) {
           throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${pos} has type ${frame[pos]}; codec ${CODEC_REMUS_ZSTD} frames hold only chunks (type ${RECORD_CHUNK})`);
         }
-        let chunk: ChunkHeader;
-        let raw: Uint8Array;
-        let recordsStart: number;
+        let opened: OpenChunk;
         try {
-          chunk = readChunkHeader(frame, pos, end);
-          raw = this.chunks.raw(frame, chunk);
-          recordsStart = readChunkIndices(raw, chunk.records, this.chunkSlots, CHUNK_INDEX_LIMIT);
+          opened = this.chunks.open(frame, pos, end, CHUNK_INDEX_LIMIT);
         } catch (err) {
           if (err instanceof CodecError) throw new FrameError('FRAME_BAD_RECORD', `${where}: chunk ${r} at byte ${chunkStart}: ${err.code}: ${err.message}`);
           throw err;
         }
+        const { header: chunk, raw, recordsStart } = opened;
+        const slots = this.chunks.indices;
         // The frame's recordCount counts chunks: the pages are known only now.
         const staged = trial ? this.scratchSlots.size : this.staging.count;
         // Indices increase within a chunk: the last is the highest. An index
         // past the bound means an epoch of more records than the bound.
-        const highest = this.chunkSlots[chunk.records - 1];
+        const highest = slots[chunk.records - 1];
         if (staged + chunk.records > this.maxEpochRecords || highest >= this.maxEpochRecords) {
           throw new FrameError(
             'FRAME_EPOCH_TOO_LARGE',
@@ -850,7 +847,7 @@ export class Receiver {
         }
         if (!trial) this.staging.reserve(highest + 1);
         const inner = `${where} chunk ${r} (at byte ${chunkStart}; byte offsets within its ${chunk.rawLength} raw bytes)`;
-        const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, this.chunkSlots);
+        const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, slots);
         if (innerEnd !== chunk.rawLength) {
           throw new FrameError('FRAME_TRAILING_BYTES', `${inner}: ${chunk.rawLength - innerEnd} bytes after the last of its ${chunk.records} records, from byte ${innerEnd}`);
         }

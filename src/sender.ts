@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { ServiceError } from './errors.js';
 import { minFrameBytes } from './frames.js';
-import { CACHE_POLICIES, type CachePolicyName } from '../workers/cache-policy.js';
+import { CACHE_POLICIES, isCachePolicyName, type CachePolicyName } from '../workers/cache-policy.js';
 import { Stream, type StreamConfig, type StreamHost } from './stream.js';
 import { WorkerPool } from './worker-pool.js';
 import type { KernelChoice } from '../workers/protocol.js';
@@ -187,7 +187,7 @@ export class Sender implements StreamHost {
     if (!Number.isInteger(config.maxEpochBytes) || config.maxEpochBytes < 16 || config.maxEpochBytes > this.maxEpochBytes) {
       bad('maxEpochBytes', `must be from 16 to the service limit ${this.maxEpochBytes}, got ${config.maxEpochBytes}`);
     }
-    if (!(CACHE_POLICIES as readonly unknown[]).includes(config.cachePolicy)) {
+    if (!isCachePolicyName(config.cachePolicy)) {
       bad('cachePolicy', `must be one of ${CACHE_POLICIES.map((c) => `'${c}'`).join(', ')}, got ${JSON.stringify(config.cachePolicy)}`);
     }
     if (!isCodecName(config.codec)) {

@@ -1,12 +1,12 @@
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest } from './digest.js';
 import { EpochBodyReader, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
 import { ServiceError } from './errors.js';
-import { encodeAbortFrame, maxRecordBytes } from './frames.js';
+import { encodeAbortFrame, recordRegionBytes } from './frames.js';
 import { FrameAssembler, type FrameSink } from './merge.js';
 import { BatchSharder } from './sharding.js';
 import type { WorkerPool } from './worker-pool.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type KernelChoice } from '../workers/protocol.js';
-import { CHUNK_OVERHEAD_BYTES, FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
+import { FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
 import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkLimitBytes } from './codec/chunk.js';
 import type { CachePolicyName } from '../workers/cache-policy.js';
 import { createKernelMemory, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory } from './codec/remus-wasm.js';
@@ -739,7 +739,7 @@ function arenaProblem(config: StreamConfig, layout: SlabLayout): string | null {
 function slabLayout(config: StreamConfig): SlabLayout {
   const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
   const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
-  const recordBytes = maxRecordBytes(config.pageSize) + CHUNK_OVERHEAD_BYTES;
+  const recordBytes = recordRegionBytes(config.pageSize);
   const regionBytes = batchPages * recordBytes;
   // Frame slabs start on 4 KiB boundaries so page payloads copied into them
   // keep a page-friendly alignment.

@@ -31,6 +31,14 @@ export function isCodecName(value: unknown): value is CodecName {
 export function codecByte(name: CodecName): number {
   return CODEC_BYTES[name];
 }
+/** Whether `byte` is the codec byte of a codec this build encodes and decodes. */
+export function isKnownCodecByte(byte: number): boolean {
+  return Object.values(CODEC_BYTES).includes(byte);
+}
+/** The known codec bytes with their names, for error messages: "1 (remus), 2 (xbzrle), 3 (remus-zstd)". */
+export function knownCodecsText(): string {
+  return CODEC_NAMES.map((name) => `${CODEC_BYTES[name]} (${name})`).join(', ');
+}
 
 /**
  * Record types: 1 is the page record of the frame's codec (REMUS under codecs

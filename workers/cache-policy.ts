@@ -20,6 +20,10 @@ export interface SlotPolicy {
 export const CACHE_POLICIES = ['tinylfu', 'lru'] as const;
 export type CachePolicyName = (typeof CACHE_POLICIES)[number];
 
+export function isCachePolicyName(value: unknown): value is CachePolicyName {
+  return (CACHE_POLICIES as readonly unknown[]).includes(value);
+}
+
 export function createSlotPolicy(name: CachePolicyName, slotCount: number): SlotPolicy {
   return name === 'lru' ? new LruSlots(slotCount) : new TinyLfuSlots(slotCount);
 }

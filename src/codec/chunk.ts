@@ -260,6 +260,15 @@ export function readChunkIndices(raw: Uint8Array, count: number, slots: Int32Arr
   return pos;
 }
 
+/** A chunk ChunkReader.open() has read. */
+export interface OpenChunk {
+  header: ChunkHeader;
+  /** Index section, then page records; valid until the reader's next call. */
+  raw: Uint8Array;
+  /** Offset in `raw` of the first page record. */
+  recordsStart: number;
+}
+
 /**
  * Turns a chunk's payload back into its page records. One per receiver; the
  * scratch is reused by every chunk, so the records returned are valid until
@@ -268,6 +277,21 @@ export function readChunkIndices(raw: Uint8Array, count: number, slots: Int32Arr
 export class ChunkReader {
   private readonly dctx = new zstd.DCtx();
   private readonly scratch = new Uint8Array(MAX_CHUNK_RAW_BYTES);
+  /** The request-order indices of the last chunk open() read, in [0, its records). */
+  readonly indices = new Int32Array(MAX_CHUNK_RECORDS);
+
+  /**
+   * Read the chunk record at input[pos] (its type byte) up to `end`: its
+   * header, its raw bytes (see raw()) and its index section, into `indices`,
+   * each below `indexLimit`. Returns the header, the raw chunk, and where
+   * its page records start in it. Throws CodecError (readChunkHeader's,
+   * raw()'s and readChunkIndices' codes).
+   */
+  open(input: Uint8Array, pos: number, end: number, indexLimit: number): OpenChunk {
+    const header = readChunkHeader(input, pos, end);
+    const raw = this.raw(input, header);
+    return { header, raw, recordsStart: readChunkIndices(raw, header.records, this.indices, indexLimit) };
+  }
 
   /**
    * The raw chunk (index section, then page records): a view of the input
