@@ -43,14 +43,17 @@ export class EpochBodyReader {
   private failure: Error | null = null;
   private done = false;
   private wake: (() => void) | null = null;
-  /** Resolves when the reader is aborted, so that the pump stops waiting for the source. */
-  private readonly stopped: Promise<typeof STOPPED>;
-  private stop: () => void = () => undefined;
+  /**
+   * Set while the pump waits for the source's next chunk: abort() calls it to
+   * end that wait at once. A fresh one per wait, not one long-lived 'stopped'
+   * promise raced against every read: each Promise.race adds a reaction to
+   * the promise it races, and a promise that never settles keeps them all,
+   * with every chunk they resolved to (a whole epoch body of 64 KiB socket
+   * buffers held until the epoch ended, measured in the load bench).
+   */
+  private interruptWait: (() => void) | null = null;
 
   constructor(limits: EpochBodyLimits, slabs: InputSlabProvider) {
-    this.stopped = new Promise((resolve) => {
-      this.stop = () => resolve(STOPPED);
-    });
     this.limits = limits;
     this.slabs = slabs;
     if (limits.declaredLength !== null && limits.declaredLength > limits.maxEpochBytes) {
@@ -68,8 +71,10 @@ export class EpochBodyReader {
     let finished = false;
     try {
       for (;;) {
-        const next = await Promise.race([iterator.next(), this.stopped]);
-        if (next === STOPPED) throw this.failure as Error;
+        if (this.failure !== null) throw this.failure;
+        const next = await this.nextChunk(iterator);
+        // Stopped: the loop's first line throws the abort's reason.
+        if (next === STOPPED) continue;
         if (next.done === true) break;
         this.accept(next.value);
       }
@@ -129,7 +134,7 @@ export class EpochBodyReader {
   /** Stop: waiters are woken with `reason`, and the rest of the body is ignored. */
   abort(reason: Error): void {
     if (this.failure === null) this.failure = reason;
-    this.stop();
+    this.interruptWait?.();
     this.notify();
   }
 
@@ -173,6 +178,18 @@ export class EpochBodyReader {
       throw new ServiceError('EPOCH_LENGTH_MISMATCH', `Content-Length is ${declaredLength} but an epoch of ${count} pages of ${pageSize} bytes is ${layout.totalBytes} bytes`);
     }
     return { epoch, count, layout, input: this.slabs.inputSlab(layout.totalBytes) };
+  }
+
+  /** The source's next chunk, or STOPPED as soon as abort() is called. */
+  private async nextChunk(iterator: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array> | typeof STOPPED> {
+    try {
+      return await new Promise<IteratorResult<Uint8Array> | typeof STOPPED>((resolve, reject) => {
+        this.interruptWait = () => resolve(STOPPED);
+        iterator.next().then(resolve, reject);
+      });
+    } finally {
+      this.interruptWait = null;
+    }
   }
 
   private nextEvent(): Promise<void> {

@@ -1,0 +1,108 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { describe, expect, it } from 'vitest';
+import { EpochBodyReader, type InputSlabProvider } from '../src/epoch-body.js';
+import { encodeEpochRecord } from '../src/trace.js';
+
+const PAGE_SIZE = 4096;
+const PAGES = 64;
+
+// The retention test needs to run the collector itself.
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
+
+const slabs: InputSlabProvider = {
+  inputSlab: (bytes) => new Uint8Array(bytes),
+  pfnScratch: (count) => new Float64Array(count),
+};
+
+function epochBody(): Uint8Array {
+  const pfns = Float64Array.from({ length: PAGES }, (_, i) => 0x1000 + i);
+  const pages = new Uint8Array(PAGES * PAGE_SIZE).map((_, i) => i * 7);
+  return encodeEpochRecord(1, pfns, new Uint8Array(PAGES), pages, PAGE_SIZE);
+}
+
+function reader(body: Uint8Array): EpochBodyReader {
+  return new EpochBodyReader(
+    { pageSize: PAGE_SIZE, pfnLimit: 2 ** 48, maxEpochBytes: 1 << 30, expectedEpoch: 1, declaredLength: body.length },
+    slabs,
+  );
+}
+
+/** Until `done()` holds, letting the pump run. */
+async function until(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 10_000 && !done(); i++) await new Promise((resolve) => setImmediate(resolve));
+  expect(done()).toBe(true);
+}
+
+describe('EpochBodyReader', () => {
+  it('lets go of every chunk it has copied while the body is still arriving', async () => {
+    const body = epochBody();
+    const chunkBytes = 1024;
+    const chunkCount = Math.ceil(body.length / chunkBytes);
+    const refs: WeakRef<Uint8Array>[] = [];
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let sent = 0;
+    // A client that sends all but the last chunk, then stalls; each chunk is
+    // a fresh buffer, as the socket gives them, referenced here only weakly.
+    async function* source(): AsyncGenerator<Uint8Array> {
+      for (let c = 0; c < chunkCount; c++) {
+        if (c === chunkCount - 1) await gate;
+        const chunk = body.slice(c * chunkBytes, (c + 1) * chunkBytes);
+        refs.push(new WeakRef(chunk));
+        sent += chunk.length;
+        yield chunk;
+      }
+    }
+    const r = reader(body);
+    const pumped = r.pump(source());
+    await until(() => refs.length === chunkCount - 1 && r.hasPages(PAGES - 1));
+    // WeakRefs read in this job stay alive until it ends: collect in later turns.
+    await new Promise((resolve) => setImmediate(resolve));
+    collectGarbage();
+    await new Promise((resolve) => setImmediate(resolve));
+    collectGarbage();
+    const kept = refs.slice(0, -2).filter((ref) => ref.deref() !== undefined).length;
+    expect(kept).toBe(0);
+    release();
+    await pumped;
+    await r.finished();
+    expect(sent).toBe(body.length);
+    const meta = await r.metadata();
+    expect(Buffer.from(meta.input.subarray(0, body.length)).equals(Buffer.from(body))).toBe(true);
+  });
+
+  it('abort ends a pump whose client has stalled, with the abort reason', async () => {
+    const body = epochBody();
+    let stalled = false;
+    async function* source(): AsyncGenerator<Uint8Array> {
+      yield body.slice(0, 4096);
+      stalled = true;
+      await new Promise(() => undefined); // never sends the rest
+    }
+    const r = reader(body);
+    const pumped = r.pump(source());
+    await until(() => stalled);
+    const reason = new Error('stream deleted');
+    r.abort(reason);
+    await pumped;
+    await expect(r.finished()).rejects.toBe(reason);
+    await expect(r.waitForPages(1)).rejects.toBe(reason);
+  });
+
+  it('abort before the pump starts stops it at its first chunk', async () => {
+    const body = epochBody();
+    let pulled = 0;
+    async function* source(): AsyncGenerator<Uint8Array> {
+      pulled++;
+      yield body;
+    }
+    const r = reader(body);
+    const reason = new Error('aborted early');
+    r.abort(reason);
+    await r.pump(source());
+    expect(pulled).toBe(0);
+    await expect(r.finished()).rejects.toBe(reason);
+  });
+});
