@@ -5,18 +5,20 @@
  * image, not timed) then E dirty epochs back to back; the streams run at
  * once. Figures: dirty-page throughput, checkpoint latency (first request byte
  * to last frame byte), the server's peak RSS, cache hit rate, wire ratio.
+ * Over loopback TCP (127.0.0.1) or a Unix socket (`serve --socket`), the
+ * transport a controller on the same host can choose.
  *
- *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10]
+ *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--transport tcp,unix]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { Agent, request } from 'node:http';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Agent, request, type RequestOptions } from 'node:http';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isMain } from '../src/is-main.js';
 import { packageRoot } from '../src/package-root.js';
 import { encodeEpochRecord } from '../src/trace.js';
-import { SenderClient } from '../src/client.js';
 import { EPOCH_CONTENT_TYPE } from '../src/content-types.js';
 import { xorshift32 } from './xorshift.js';
 
@@ -28,11 +30,16 @@ const IMAGE_PAGES = 8192;
 const CHANGED_WORDS = 14;
 const CLUSTERS = 3;
 
+/** How the controller reaches the service: loopback TCP or a Unix socket. */
+export type Transport = 'tcp' | 'unix';
+const TRANSPORTS: readonly Transport[] = ['tcp', 'unix'];
+
 export interface LoadConfig {
   workers: number;
   epochMiB: number;
   streams: number;
   epochs: number;
+  transport: Transport;
 }
 
 export interface LoadResult extends LoadConfig {
@@ -78,12 +85,37 @@ export function makeEpochs(seed: number, epochPages: number, dirtyEpochs: number
   return records;
 }
 
-/** Start `remus-compress serve` on a free loopback port; resolves with its base URL. */
-async function startServer(workers: number, streams: number): Promise<{ child: ChildProcess; url: string }> {
+/** Where a child server listens: the host and port, or the socket path, that node:http requests take. */
+type Target = Pick<RequestOptions, 'host' | 'port' | 'socketPath'>;
+
+interface Server {
+  child: ChildProcess;
+  target: Target;
+  /** A temporary directory to remove when the server is gone (the socket's), or null. */
+  dir: string | null;
+}
+
+/** A free socket path in a fresh temporary directory, or a free loopback port (0), for a child server. */
+function listenArgs(transport: Transport): { args: string[]; dir: string | null; socketPath: string | null } {
+  if (transport === 'tcp') return { args: ['--port', '0'], dir: null, socketPath: null };
+  const dir = mkdtempSync(join(tmpdir(), 'remus-load-'));
+  const socketPath = join(dir, 'sender.sock');
+  return { args: ['--socket', socketPath], dir, socketPath };
+}
+
+/** Start `remus-compress serve` on a free loopback port or a Unix socket. */
+async function startServer(workers: number, streams: number, transport: Transport): Promise<Server> {
   const cli = join(packageRoot(), 'dist', 'src', 'cli.js');
   // Every stream's epoch in flight at once: the load test measures throughput, not load shedding.
   const concurrent = String(Math.max(2 * workers, streams));
-  return startChild([cli, 'serve', '--port', '0', '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn']);
+  const listen = listenArgs(transport);
+  return startChild([cli, 'serve', ...listen.args, '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'], listen.dir);
+}
+
+async function stopServer(server: Server): Promise<void> {
+  server.child.kill('SIGTERM');
+  await new Promise((resolve) => server.child.once('exit', resolve));
+  if (server.dir !== null) rmSync(server.dir, { recursive: true, force: true });
 }
 
 /**
@@ -103,21 +135,24 @@ const server = createServer((req, res) => {
   });
   req.on('end', () => res.end(String(n)));
 });
-server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
+const socketPath = process.argv[1];
+if (socketPath) server.listen(socketPath, () => console.error('listening on unix:' + socketPath));
+else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
 `;
 
-async function startChild(args: string[]): Promise<{ child: ChildProcess; url: string }> {
+/** Spawn a server and wait for its 'listening on http://host:port' or 'listening on unix:path' line. */
+async function startChild(args: string[], dir: string | null): Promise<Server> {
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  const url = await new Promise<string>((resolve, reject) => {
+  const target = await new Promise<Target>((resolve, reject) => {
     let text = '';
     child.stderr?.on('data', (chunk: Buffer) => {
       text += chunk.toString();
-      const match = /listening on (http:\/\/[^\s]+)/.exec(text);
-      if (match) resolve(match[1]);
+      const match = /listening on (?:http:\/\/([^\s:]+):(\d+)|unix:(\S+))/.exec(text);
+      if (match) resolve(match[3] !== undefined ? { socketPath: match[3] } : { host: match[1], port: Number(match[2]) });
     });
     child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${text}`)));
   });
-  return { child, url };
+  return { child, target, dir };
 }
 
 /** VmHWM of a process: its peak resident set, in MiB. */
@@ -127,12 +162,32 @@ function peakRssMiB(pid: number): number {
   return match ? Number(match[1]) / 1024 : NaN;
 }
 
+/** One JSON request to the service (stream creation, stats): node:http, so that it takes either transport. */
+function requestJson<T>(agent: Agent, target: Target, method: string, path: string, body?: unknown): Promise<T> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const headers = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
+  return new Promise((resolve, reject) => {
+    const req = request({ agent, ...target, method, path, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        if (res.statusCode === undefined || res.statusCode >= 300) reject(new Error(`${method} ${path} answered ${res.statusCode}: ${text}`));
+        else resolve(JSON.parse(text) as T);
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
 /** POST one epoch and read every frame byte; resolves with the latency in ms and the bytes received. */
-function postEpoch(agent: Agent, url: URL, path: string, body: Buffer): Promise<{ ms: number; bytes: number }> {
+function postEpoch(agent: Agent, target: Target, path: string, body: Buffer): Promise<{ ms: number; bytes: number }> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     const req = request(
-      { agent, host: url.hostname, port: url.port, method: 'POST', path, headers: { 'content-type': EPOCH_CONTENT_TYPE, 'content-length': body.length } },
+      { agent, ...target, method: 'POST', path, headers: { 'content-type': EPOCH_CONTENT_TYPE, 'content-length': body.length } },
       (res) => {
         let bytes = 0;
         res.on('data', (chunk: Buffer) => (bytes += chunk.length));
@@ -157,29 +212,31 @@ function percentile(sorted: number[], p: number): number {
 export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const epochPages = Math.round((config.epochMiB * MIB) / PAGE_SIZE);
   const streamsEpochs = Array.from({ length: config.streams }, (_, s) => makeEpochs(1000 + s, Math.min(epochPages, IMAGE_PAGES), config.epochs));
-  const { child, url } = await startServer(config.workers, config.streams);
+  const server = await startServer(config.workers, config.streams, config.transport);
+  const { target } = server;
   const agent = new Agent({ keepAlive: true, maxSockets: config.streams * 2 });
+  const stats = (id: string): Promise<Record<string, number>> => requestJson(agent, target, 'GET', `/v1/streams/${id}/stats`);
   try {
-    const client = new SenderClient(url);
-    const base = new URL(url);
-    const streams = await Promise.all(streamsEpochs.map(() => client.createStream({ workers: config.workers })));
+    const streams = await Promise.all(
+      streamsEpochs.map(() => requestJson<{ id: string }>(agent, target, 'POST', '/v1/streams', { workers: config.workers })),
+    );
     // Epoch 0 fills the caches; it is the image transfer, not a checkpoint.
-    await Promise.all(streams.map((s, i) => postEpoch(agent, base, `/v1/streams/${s.id}/epochs`, streamsEpochs[i][0])));
-    const before = await Promise.all(streams.map((s) => client.stats(s.id)));
+    await Promise.all(streams.map((s, i) => postEpoch(agent, target, `/v1/streams/${s.id}/epochs`, streamsEpochs[i][0])));
+    const before = await Promise.all(streams.map((s) => stats(s.id)));
     const latencies: number[] = [];
     let bytesOut = 0;
     const started = process.hrtime.bigint();
     await Promise.all(
       streams.map(async (s, i) => {
         for (let e = 1; e <= config.epochs; e++) {
-          const { ms, bytes } = await postEpoch(agent, base, `/v1/streams/${s.id}/epochs`, streamsEpochs[i][e]);
+          const { ms, bytes } = await postEpoch(agent, target, `/v1/streams/${s.id}/epochs`, streamsEpochs[i][e]);
           latencies.push(ms);
           bytesOut += bytes;
         }
       }),
     );
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const after = await Promise.all(streams.map((s) => client.stats(s.id)));
+    const after = await Promise.all(streams.map((s) => stats(s.id)));
     let hits = 0;
     let lookups = 0;
     let dirtyBytes = 0;
@@ -197,18 +254,18 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
       seconds,
       throughputGBps: dirtyBytes / seconds / 1e9,
       latencyMs: { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted[sorted.length - 1], samples: latencies },
-      peakRssMiB: peakRssMiB(child.pid as number),
+      peakRssMiB: peakRssMiB(server.child.pid as number),
       cacheHitRate: lookups === 0 ? 0 : hits / lookups,
       wireRatio: bytesOut / dirtyBytes,
     };
   } finally {
     agent.destroy();
-    child.kill('SIGTERM');
-    await new Promise((resolve) => child.once('exit', resolve));
+    await stopServer(server);
   }
 }
 
 export interface CeilingResult {
+  transport: Transport;
   epochMiB: number;
   epochs: number;
   throughputGBps: number;
@@ -216,46 +273,46 @@ export interface CeilingResult {
 }
 
 /** POST the same dirty epochs to the bare transfer server (CEILING_SERVER), one stream, back to back. */
-export async function runHttpCeiling(epochMiB: number, epochs: number): Promise<CeilingResult> {
+export async function runHttpCeiling(epochMiB: number, epochs: number, transport: Transport = 'tcp'): Promise<CeilingResult> {
   const epochPages = Math.min(Math.round((epochMiB * MIB) / PAGE_SIZE), IMAGE_PAGES);
   const records = makeEpochs(1000, epochPages, epochs).slice(1);
-  const { child, url } = await startChild(['-e', CEILING_SERVER]);
+  const listen = listenArgs(transport);
+  const server = await startChild(['-e', CEILING_SERVER, ...(listen.socketPath === null ? [] : [listen.socketPath])], listen.dir);
+  const { target } = server;
   const agent = new Agent({ keepAlive: true });
   try {
-    const base = new URL(url);
-    await postEpoch(agent, base, '/', records[0]); // warm up the connection
+    await postEpoch(agent, target, '/', records[0]); // warm up the connection
     const latencies: number[] = [];
     let bytes = 0;
     const started = process.hrtime.bigint();
     for (const record of records) {
-      latencies.push((await postEpoch(agent, base, '/', record)).ms);
+      latencies.push((await postEpoch(agent, target, '/', record)).ms);
       bytes += epochPages * PAGE_SIZE;
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    return { epochMiB, epochs, throughputGBps: bytes / seconds / 1e9, p50Ms: percentile([...latencies].sort((a, b) => a - b), 50) };
+    return { transport, epochMiB, epochs, throughputGBps: bytes / seconds / 1e9, p50Ms: percentile([...latencies].sort((a, b) => a - b), 50) };
   } finally {
     agent.destroy();
-    child.kill('SIGTERM');
-    await new Promise((resolve) => child.once('exit', resolve));
+    await stopServer(server);
   }
 }
 
 export function formatCeiling(results: CeilingResult[]): string {
   return [
-    '| epoch MiB | epochs | GB/s of pages | p50 ms |',
-    '|---|---|---|---|',
-    ...results.map((r) => `| ${r.epochMiB} | ${r.epochs} | ${r.throughputGBps.toFixed(3)} | ${r.p50Ms.toFixed(2)} |`),
+    '| transport | epoch MiB | epochs | GB/s of pages | p50 ms |',
+    '|---|---|---|---|---|',
+    ...results.map((r) => `| ${r.transport} | ${r.epochMiB} | ${r.epochs} | ${r.throughputGBps.toFixed(3)} | ${r.p50Ms.toFixed(2)} |`),
   ].join('\n');
 }
 
 export function formatLoad(results: LoadResult[]): string {
   const lines = [
-    '| workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | hit rate | wire ratio |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| transport | workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | hit rate | wire ratio |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
+      `| ${r.transport} | ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
     );
   }
   return lines.join('\n');
@@ -272,23 +329,38 @@ async function main(): Promise<void> {
       sizes: { type: 'string', default: '1,8,32' },
       streams: { type: 'string', default: '1' },
       epochs: { type: 'string', default: '10' },
+      transport: { type: 'string', default: 'tcp' },
+      ceiling: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
-    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10]');
+    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--transport tcp,unix] [--ceiling]');
+    console.log('  --ceiling   also measure the transfer ceiling (a bare node:http server) for each transport and size');
     return;
   }
+  const transports = values.transport.split(',').map((t) => t.trim());
+  for (const t of transports) {
+    if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport: unknown ${t}; known: ${TRANSPORTS.join(', ')}`);
+  }
+  const epochs = Number(values.epochs);
   const results: LoadResult[] = [];
-  for (const workers of list(values.workers)) {
-    for (const epochMiB of list(values.sizes)) {
-      for (const streams of list(values.streams)) {
-        results.push(await runLoad({ workers, epochMiB, streams, epochs: Number(values.epochs) }));
-        process.stderr.write(`done: ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
+  const ceilings: CeilingResult[] = [];
+  for (const transport of transports as Transport[]) {
+    for (const workers of list(values.workers)) {
+      for (const epochMiB of list(values.sizes)) {
+        for (const streams of list(values.streams)) {
+          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport }));
+          process.stderr.write(`done: ${transport}, ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
+        }
       }
+    }
+    if (values.ceiling === true) {
+      for (const epochMiB of list(values.sizes)) ceilings.push(await runHttpCeiling(epochMiB, epochs, transport));
     }
   }
   console.log(formatLoad(results));
+  if (ceilings.length > 0) console.log('\n' + formatCeiling(ceilings));
 }
 
 if (isMain(import.meta.url)) {

@@ -34,9 +34,11 @@ const capturedDir = join(root, 'bench', 'traces');
 function suite(full: boolean): Suite {
   const captured = existsSync(capturedDir) ? readdirSync(capturedDir).filter((f) => f.endsWith('.rmtr')).map((f) => join(capturedDir, f)) : [];
   const load: LoadConfig[] = [];
-  for (const workers of full ? [1, 2, 4] : [1, 2]) {
-    for (const epochMiB of [1, 8, 32]) {
-      for (const streams of full ? [1, 2] : [1]) load.push({ workers, epochMiB, streams, epochs: full ? 30 : 10 });
+  for (const transport of ['tcp', 'unix'] as const) {
+    for (const workers of full ? [1, 2, 4] : [1, 2]) {
+      for (const epochMiB of [1, 8, 32]) {
+        for (const streams of full ? [1, 2] : [1]) load.push({ workers, epochMiB, streams, epochs: full ? 30 : 10, transport });
+      }
     }
   }
   return {
@@ -50,13 +52,18 @@ function suite(full: boolean): Suite {
 function throughputChart(results: LoadResult[]): string {
   const sizes = [...new Set(results.map((r) => r.epochMiB))];
   const streamCounts = [...new Set(results.map((r) => r.streams))];
-  const series = sizes.flatMap((size) =>
-    streamCounts.map((streams) => ({
-      name: `${size} MiB epochs${streamCounts.length > 1 ? `, ${streams} streams` : ''}`,
-      points: results.filter((r) => r.epochMiB === size && r.streams === streams).map((r) => ({ x: r.workers, y: r.throughputGBps })),
-    })),
+  const transports = [...new Set(results.map((r) => r.transport))];
+  const series = transports.flatMap((transport) =>
+    sizes.flatMap((size) =>
+      streamCounts.map((streams) => ({
+        name: `${transport}, ${size} MiB epochs${streamCounts.length > 1 ? `, ${streams} streams` : ''}`,
+        points: results
+          .filter((r) => r.transport === transport && r.epochMiB === size && r.streams === streams)
+          .map((r) => ({ x: r.workers, y: r.throughputGBps })),
+      })),
+    ),
   );
-  return lineChart(series, { title: 'Dirty-page throughput over loopback HTTP', xLabel: 'workers', yLabel: 'GB/s of dirty pages' });
+  return lineChart(series, { title: 'Dirty-page throughput over local HTTP (loopback TCP, Unix socket)', xLabel: 'workers', yLabel: 'GB/s of dirty pages' });
 }
 
 function latencyChart(results: LoadResult[]): string {
@@ -65,7 +72,7 @@ function latencyChart(results: LoadResult[]): string {
     .map((r) => {
       const sorted = [...r.latencyMs.samples].sort((a, b) => a - b);
       return {
-        name: `${r.workers}w ${r.epochMiB} MiB`,
+        name: `${r.transport} ${r.workers}w ${r.epochMiB} MiB`,
         points: sorted.map((ms, i) => ({ x: ms, y: (i + 1) / sorted.length })),
       };
     });
@@ -86,8 +93,11 @@ async function main(): Promise<void> {
     kernelSources.push({ name: `synthetic ${profile}, 4096 pages, 20 epochs`, load: async () => generateTrace({ seed: 1, epochs: 20, pages: 4096, profile }) });
   }
 
-  const ceilingSizes = [...new Set(plan.load.map((c) => c.epochMiB))];
-  const steps = kernelSources.length + plan.load.length + ceilingSizes.length;
+  const ceilingRuns = [...new Set(plan.load.map((c) => `${c.transport} ${c.epochMiB}`))].map((key) => {
+    const [transport, epochMiB] = key.split(' ');
+    return { transport: transport as LoadConfig['transport'], epochMiB: Number(epochMiB) };
+  });
+  const steps = kernelSources.length + plan.load.length + ceilingRuns.length;
   let done = 0;
   const bar = process.stderr.isTTY ? new ProgressBar() : null;
   const step = (label: string): void => {
@@ -105,12 +115,12 @@ async function main(): Promise<void> {
   const load: LoadResult[] = [];
   for (const config of plan.load) {
     load.push(await runLoad(config));
-    step(`load: ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
+    step(`load: ${config.transport}, ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
   }
   const ceiling: CeilingResult[] = [];
-  for (const epochMiB of ceilingSizes) {
-    ceiling.push(await runHttpCeiling(epochMiB, plan.load[0].epochs));
-    step(`transfer ceiling: ${epochMiB} MiB`);
+  for (const { transport, epochMiB } of ceilingRuns) {
+    ceiling.push(await runHttpCeiling(epochMiB, plan.load[0].epochs, transport));
+    step(`transfer ceiling: ${transport}, ${epochMiB} MiB`);
   }
   bar?.finish();
 
@@ -126,9 +136,9 @@ async function main(): Promise<void> {
     '## Kernel (one thread, no HTTP)',
     '',
     ...kernel.map((k) => formatTable(k) + '\n'),
-    '## End to end over loopback HTTP',
+    '## End to end over local HTTP',
     '',
-    'Server in its own process; epoch 0 (the image) is sent first and not timed; dirty epochs change ~14 words per page. Latency: first request byte to last frame byte.',
+    'Server in its own process, reached over loopback TCP (127.0.0.1) or a Unix socket (serve --socket); epoch 0 (the image) is sent first and not timed; dirty epochs change ~14 words per page. Latency: first request byte to last frame byte.',
     '',
     formatLoad(load),
     '',
