@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { isMain } from '../src/is-main.js';
 import { packageRoot } from '../src/package-root.js';
 import { encodeEpochRecord } from '../src/trace.js';
+import { SERVICE_NODE_FLAGS } from '../src/node-flags.js';
 import { EPOCH_CONTENT_TYPE } from '../src/content-types.js';
 import { xorshift32 } from './xorshift.js';
 
@@ -40,6 +41,8 @@ export interface LoadConfig {
   streams: number;
   epochs: number;
   transport: Transport;
+  /** Node flags of the service process (default: SERVICE_NODE_FLAGS, as `npm start` runs it). */
+  nodeFlags?: readonly string[];
 }
 
 export interface LoadResult extends LoadConfig {
@@ -103,13 +106,17 @@ function listenArgs(transport: Transport): { args: string[]; dir: string | null;
   return { args: ['--socket', socketPath], dir, socketPath };
 }
 
-/** Start `remus-compress serve` on a free loopback port or a Unix socket. */
-async function startServer(workers: number, streams: number, transport: Transport): Promise<Server> {
+/** Start `remus-compress serve`, with its Node flags, on a free loopback port or a Unix socket. */
+async function startServer(config: LoadConfig): Promise<Server> {
   const cli = join(packageRoot(), 'dist', 'src', 'cli.js');
   // Every stream's epoch in flight at once: the load test measures throughput, not load shedding.
-  const concurrent = String(Math.max(2 * workers, streams));
-  const listen = listenArgs(transport);
-  return startChild([cli, 'serve', ...listen.args, '--workers', String(workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'], listen.dir);
+  const concurrent = String(Math.max(2 * config.workers, config.streams));
+  const listen = listenArgs(config.transport);
+  const flags = config.nodeFlags ?? SERVICE_NODE_FLAGS;
+  return startChild(
+    [...flags, cli, 'serve', ...listen.args, '--workers', String(config.workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'],
+    listen.dir,
+  );
 }
 
 async function stopServer(server: Server): Promise<void> {
@@ -212,7 +219,7 @@ function percentile(sorted: number[], p: number): number {
 export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const epochPages = Math.round((config.epochMiB * MIB) / PAGE_SIZE);
   const streamsEpochs = Array.from({ length: config.streams }, (_, s) => makeEpochs(1000 + s, Math.min(epochPages, IMAGE_PAGES), config.epochs));
-  const server = await startServer(config.workers, config.streams, config.transport);
+  const server = await startServer(config);
   const { target } = server;
   const agent = new Agent({ keepAlive: true, maxSockets: config.streams * 2 });
   const stats = (id: string): Promise<Record<string, number>> => requestJson(agent, target, 'GET', `/v1/streams/${id}/stats`);
@@ -331,12 +338,14 @@ async function main(): Promise<void> {
       epochs: { type: 'string', default: '10' },
       transport: { type: 'string', default: 'tcp' },
       ceiling: { type: 'boolean' },
+      'node-flags': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
     console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--transport tcp,unix] [--ceiling]');
     console.log('  --ceiling   also measure the transfer ceiling (a bare node:http server) for each transport and size');
+    console.log(`  --node-flags F   the service's Node flags, comma-separated, or none (default: ${SERVICE_NODE_FLAGS.join(',')}, as npm start)`);
     return;
   }
   const transports = values.transport.split(',').map((t) => t.trim());
@@ -344,13 +353,15 @@ async function main(): Promise<void> {
     if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport: unknown ${t}; known: ${TRANSPORTS.join(', ')}`);
   }
   const epochs = Number(values.epochs);
+  const flagsText = values['node-flags'];
+  const nodeFlags = flagsText === undefined ? SERVICE_NODE_FLAGS : flagsText === 'none' ? [] : flagsText.split(',').map((f) => f.trim());
   const results: LoadResult[] = [];
   const ceilings: CeilingResult[] = [];
   for (const transport of transports as Transport[]) {
     for (const workers of list(values.workers)) {
       for (const epochMiB of list(values.sizes)) {
         for (const streams of list(values.streams)) {
-          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport }));
+          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport, nodeFlags }));
           process.stderr.write(`done: ${transport}, ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
         }
       }

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { buildApp } from './app.js';
@@ -47,8 +47,9 @@ Options (environment variable in brackets):
   --max-epoch-bytes N    largest epoch body, bytes or 64MiB/1GiB (default 1GiB) [REMUS_MAX_EPOCH_BYTES]
   --memory-budget N      all streams' caches and slabs together (default 4GiB)     [REMUS_MEMORY_BUDGET]
   --max-concurrent-epochs N  epochs in flight, all streams (default ${DEFAULT_EPOCHS_PER_WORKER} x workers) [REMUS_MAX_CONCURRENT_EPOCHS]
-  --kernel wasm|js       page codecs in the workers: wasm (default, the WebAssembly
-                         SIMD kernel) or js (portable TypeScript); same bytes [REMUS_KERNEL]
+  --kernel wasm|js       page codecs in the workers (and the receiver's decoders with
+                         --with-receiver): wasm (default, the WebAssembly SIMD kernel)
+                         or js (portable TypeScript); same bytes [REMUS_KERNEL]
   --with-receiver        also serve the receiver routes (/v1/images) in this process [REMUS_WITH_RECEIVER=1]
   --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (default info) [REMUS_LOG_LEVEL]
   -h, --help             this help
@@ -197,7 +198,7 @@ async function serve(argv: string[]): Promise<number> {
       maxEpochBytes: maxEpochText === undefined ? DEFAULT_MAX_EPOCH_BYTES : parseSize('max-epoch-bytes', maxEpochText),
       kernel,
     },
-    receiver: withReceiver ? {} : undefined,
+    receiver: withReceiver ? { kernel } : undefined,
   });
   const auth = token === undefined ? 'no token' : 'bearer token required';
   if (socketPath !== undefined) {

@@ -8,6 +8,7 @@ import { buildApp } from '../src/app.js';
 import { SenderClient } from '../src/client.js';
 import { KIND_RAW } from '../src/epoch-record.js';
 import type { FramesReport, TraceReport } from '../src/inspect.js';
+import { SERVICE_NODE_FLAGS } from '../src/node-flags.js';
 import { packageRoot } from '../src/package-root.js';
 import { ProgressBar } from '../src/progress.js';
 import { generateTraceFile } from '../src/trace-gen.js';
@@ -78,6 +79,27 @@ describe('--help of every subcommand', () => {
     const { code, stdout } = await cli(['--help']);
     expect(code).toBe(0);
     for (const command of ['serve', 'receive', 'replay', 'capture', 'inspect']) expect(stdout).toMatch(new RegExp(`^  ${command} `, 'm'));
+  });
+});
+
+describe("the service's Node flags", () => {
+  it('npm start and the remus-compress shebang both pass them, and the shebang runs', async () => {
+    const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    const shebang = readFileSync(CLI, 'utf8').split('\n')[0];
+    for (const flag of SERVICE_NODE_FLAGS) {
+      expect(pkg.scripts.start.split(' ')).toContain(flag);
+      expect(shebang.split(' ')).toContain(flag);
+    }
+    // Run the built CLI the way the kernel runs its shebang line (env -S splits it).
+    const [interpreter, ...args] = shebang.slice(2).split(' ');
+    const result = await new Promise<Result>((resolve) => {
+      execFile(interpreter, [...args, CLI, '--help'], { timeout: 60_000 }, (err, stdout, stderr) => {
+        resolve({ code: err === null ? 0 : -1, stdout, stderr });
+      });
+    });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('serve');
   });
 });
 

@@ -1,0 +1,14 @@
+/**
+ * The V8 flags the service is meant to run with: `npm start` and the
+ * `remus-compress` command (its shebang) pass them, and the load bench starts
+ * the service with them. Node takes them only on its command line (or in
+ * NODE_OPTIONS): V8 sizes its heap when the process starts, and setting them
+ * from inside the running process changes almost nothing (measured).
+ *
+ * --max-semi-space-size=1: V8's young generation may otherwise grow to 16 MiB
+ * a semi-space, committed twice over, in the main thread and in every worker,
+ * for a heap whose live part is ~14 MiB; the service's own memory is in its
+ * arena, outside the heap. Capped, the load bench's peak RSS is 21-42 MiB
+ * lower at the same throughput (docs/PERFORMANCE.md, "Memory").
+ */
+export const SERVICE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];
