@@ -3,8 +3,9 @@
  * encodeXbzrleBody), byte for byte, with v128 compares: part of the same
  * kernel module as assembly/remus.ts (same imported shared memory, every
  * pointer a byte offset in it, nothing allocated, no data segments). Bound
- * by src/codec/remus-wasm.ts, which checks arguments. The decoder stays in
- * TypeScript.
+ * by src/codec/remus-wasm.ts, which checks arguments. The decoder
+ * (xbzrleDecodeBody) is src/codec/xbzrle.ts decodeXbzrleBody, check for check:
+ * same refusals in the same order, same bytes written before a refusal.
  */
 
 /** Record body kinds (docs/FORMAT.md "Codec 2: xbzrle"). */
@@ -168,4 +169,159 @@ export function xbzrleEncodeBody(cur: usize, old: usize, pageSize: u32, out: usi
   // The length took fewer bytes than reserved: close the gap.
   if (lengthEnd != deltaStart) memory.copy(lengthEnd, deltaStart, length);
   return lengthEnd + length;
+}
+
+// ------------------------------------------------------------------ decoder
+
+/**
+ * Which check of decodeXbzrleBody / xbzrleDecode failed (xbzrleErrorInfo(0)):
+ * the wrapper turns each into that check's CodecError code and message.
+ */
+const X_KIND_TRUNCATED: u32 = 1; // input ends inside the record kind
+const X_FULL_TRUNCATED: u32 = 2; // input ends inside a FULL page
+const X_BAD_KIND: u32 = 3; // kind not 0x00, 0x01 or 0x80
+const X_DELTA_LENGTH_TRUNCATED: u32 = 4; // input ends inside the delta length
+const X_TOO_LONG: u32 = 5; // a ULEB128 length of more bytes than the page size needs
+const X_DELTA_BAD_LENGTH: u32 = 6; // delta length 0 or over the page size
+const X_DELTA_TRUNCATED: u32 = 7; // input ends inside the delta
+const X_ZRUN_LENGTH_TRUNCATED: u32 = 8; // input ends inside a zero-run length
+const X_ZRUN_OVER: u32 = 9; // zero-run length over the page size
+const X_ZRUN_EMPTY: u32 = 10; // empty zero run other than the first
+const X_ZRUN_PAST_END: u32 = 11; // zero run past the page end
+const X_AFTER_ZRUN_TRUNCATED: u32 = 12; // input ends after a zero run
+const X_NZRUN_LENGTH_TRUNCATED: u32 = 13; // input ends inside a non-zero-run length
+const X_NZRUN_OVER: u32 = 14; // non-zero-run length over the page size
+const X_NZRUN_EMPTY: u32 = 15; // empty non-zero run
+const X_NZRUN_PAST_END: u32 = 16; // non-zero run past the page end
+const X_NZRUN_TRUNCATED: u32 = 17; // input ends inside a non-zero run
+
+/** xbzrleDecodeBody's error result; positions never reach it (the wrapper bounds them). */
+const X_ERROR: i32 = -1;
+const ULEB_MASK: u32 = 0x7f;
+const ULEB_MORE: u32 = 0x80;
+const ULEB_SHIFT: u64 = 7;
+
+// Details of this instance's last decode error (globals, not memory: one
+// instance per thread, so threads never see each other's).
+let xWhere: u32 = 0;
+let xOffset: usize = 0;
+let xPageByte: u32 = 0;
+let xValue: u64 = 0;
+let xExtra: u32 = 0;
+
+// @ts-ignore: decorator
+@inline function xfail(where: u32, offset: usize, pageByte: u32, value: u64, extra: u32): i32 {
+  xWhere = where;
+  xOffset = offset;
+  xPageByte = pageByte;
+  xValue = value;
+  xExtra = extra;
+  return X_ERROR;
+}
+
+/**
+ * QEMU's xbzrle_decode_buffer (src/codec/xbzrle.ts xbzrleDecode) over the
+ * delta [pos, end) onto the page at `page`; returns `end`, or X_ERROR. Each
+ * length is checked before it is used and each non-zero run whole before a
+ * byte of it is written; runs before a bad one have been applied.
+ */
+function decodeDelta(pos: usize, end: usize, page: usize, pageSize: u32, maxLengthBytes: u32): i32 {
+  const size = <u64>pageSize;
+  let d: u32 = 0;
+  while (pos < end) {
+    // Zero run.
+    let at = pos;
+    let value: u64 = 0;
+    let shift: u64 = 0;
+    for (let n: u32 = 1; ; n++) {
+      if (pos >= end) return xfail(X_ZRUN_LENGTH_TRUNCATED, at, d, 0, 0);
+      const b = <u32>load<u8>(pos++);
+      value += (<u64>(b & ULEB_MASK)) << shift;
+      if ((b & ULEB_MORE) == 0) break;
+      if (n == maxLengthBytes) return xfail(X_TOO_LONG, at, d, 0, 0);
+      shift += ULEB_SHIFT;
+    }
+    if (value > size) return xfail(X_ZRUN_OVER, at, d, value, 0);
+    if (value == 0 && d != 0) return xfail(X_ZRUN_EMPTY, at, d, 0, 0);
+    if (<u64>d + value > size) return xfail(X_ZRUN_PAST_END, at, d, value, 0);
+    d += <u32>value;
+
+    // Non-zero run: it must follow (the encoding has no trailing zero run).
+    at = pos;
+    if (pos >= end) return xfail(X_AFTER_ZRUN_TRUNCATED, at, d, 0, 0);
+    value = 0;
+    shift = 0;
+    for (let n: u32 = 1; ; n++) {
+      if (pos >= end) return xfail(X_NZRUN_LENGTH_TRUNCATED, at, d, 0, 0);
+      const b = <u32>load<u8>(pos++);
+      value += (<u64>(b & ULEB_MASK)) << shift;
+      if ((b & ULEB_MORE) == 0) break;
+      if (n == maxLengthBytes) return xfail(X_TOO_LONG, at, d, 0, 0);
+      shift += ULEB_SHIFT;
+    }
+    if (value > size) return xfail(X_NZRUN_OVER, at, d, value, 0);
+    if (value == 0) return xfail(X_NZRUN_EMPTY, at, d, 0, 0);
+    if (<u64>d + value > size) return xfail(X_NZRUN_PAST_END, at, d, value, 0);
+    const left = end - pos;
+    if (<u64>left < value) return xfail(X_NZRUN_TRUNCATED, pos, d, value, <u32>left);
+    const n = <u32>value;
+    copyRun(page + d, pos, n);
+    pos += n;
+    d += n;
+  }
+  return <i32>pos;
+}
+
+/**
+ * decodeXbzrleBody: apply the codec-2 record body at [pos, end) to the page
+ * at `page` (pageSize bytes, holding the old page unless the kind is FULL);
+ * returns the offset after the body, or -1 with the failed check in
+ * xbzrleErrorInfo. Nothing outside the page is written.
+ */
+export function xbzrleDecodeBody(pos: usize, end: usize, page: usize, pageSize: u32): i32 {
+  if (pos >= end) return xfail(X_KIND_TRUNCATED, pos, 0, 0, 0);
+  const kind = load<u8>(pos);
+  if (kind == KIND_UNCHANGED) return <i32>(pos + 1);
+  if (kind == KIND_FULL) {
+    const start = pos + 1;
+    const left = end - start;
+    if (left < <usize>pageSize) return xfail(X_FULL_TRUNCATED, start, 0, 0, <u32>left);
+    memory.copy(page, start, pageSize);
+    return <i32>(start + pageSize);
+  }
+  if (kind != KIND_DELTA) return xfail(X_BAD_KIND, pos, 0, 0, <u32>kind);
+  const maxLengthBytes = lengthBytes(pageSize);
+  const at = pos + 1;
+  let p = at;
+  let length: u64 = 0;
+  let shift: u64 = 0;
+  for (let n: u32 = 1; ; n++) {
+    if (p >= end) return xfail(X_DELTA_LENGTH_TRUNCATED, at, 0, 0, 0);
+    const b = <u32>load<u8>(p++);
+    length += (<u64>(b & ULEB_MASK)) << shift;
+    if ((b & ULEB_MORE) == 0) break;
+    if (n == maxLengthBytes) return xfail(X_TOO_LONG, at, 0, 0, 0);
+    shift += ULEB_SHIFT;
+  }
+  if (length == 0 || length > <u64>pageSize) return xfail(X_DELTA_BAD_LENGTH, at, 0, length, 0);
+  const left = end - p;
+  if (<u64>left < length) return xfail(X_DELTA_TRUNCATED, p, 0, length, <u32>left);
+  return decodeDelta(p, p + <usize>length, page, pageSize, maxLengthBytes);
+}
+
+/**
+ * Details of this instance's last xbzrleDecodeBody error: 0 which check
+ * (X_ above), 1 byte offset, 2 page byte, 3 the length read, 4 bytes left
+ * (or the bad kind byte). f64, so that any length a ULEB128 of up to 5
+ * bytes holds comes back exact.
+ */
+export function xbzrleErrorInfo(field: i32): f64 {
+  switch (field) {
+    case 0: return <f64>xWhere;
+    case 1: return <f64>xOffset;
+    case 2: return <f64>xPageByte;
+    case 3: return <f64>xValue;
+    case 4: return <f64>xExtra;
+    default: return 0;
+  }
 }

@@ -4,7 +4,7 @@ import type { Readable, Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { FrameError, ServiceError } from './errors.js';
 import { FrameSplitter } from './frames.js';
-import { DEFAULT_MAX_EPOCH_BYTES, FileImage, Receiver } from './receiver.js';
+import { DEFAULT_MAX_EPOCH_BYTES, DEFAULT_RECEIVER_KERNEL, FileImage, MAX_RECEIVER_EPOCH_BYTES, Receiver, RECEIVER_KERNELS, isReceiverKernel, type ReceiverKernel } from './receiver.js';
 import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_PAGE_SHIFT, pageShiftOf } from './wire.js';
 
 const DEFAULT_PAGE_SIZE = 4096;
@@ -40,7 +40,11 @@ Options:
   --token-file PATH        require "Authorization: Bearer <token>" on every route
                            but /health (token: the file's first line, or REMUS_TOKEN)
   --max-frame-bytes N      largest frame accepted (default ${MAX_FRAME_BYTES})
-  --max-epoch-bytes N      largest epoch staged, in page bytes (default ${DEFAULT_MAX_EPOCH_BYTES})
+  --max-epoch-bytes N      largest epoch staged, in page bytes (default ${DEFAULT_MAX_EPOCH_BYTES},
+                           at most ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch, and a memory image,
+                           live in one 4 GiB wasm32 memory per image)
+  --kernel wasm|js         record decoders: wasm (default, the WebAssembly SIMD kernel)
+                           or js (portable TypeScript); same images, same refusals
   --help                   show this help
 
 Crash consistency of file images: an epoch is staged in memory and written
@@ -85,6 +89,7 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
         'token-file': { type: 'string' },
         'max-frame-bytes': { type: 'string' },
         'max-epoch-bytes': { type: 'string' },
+        kernel: { type: 'string' },
         help: { type: 'boolean' },
       },
     });
@@ -99,7 +104,9 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
   }
   try {
     const maxFrameBytes = integerOption(values['max-frame-bytes'], 'max-frame-bytes', MAX_FRAME_BYTES, FRAME_HEADER_BYTES + 1, MAX_FRAME_BYTES);
-    const maxEpochBytes = integerOption(values['max-epoch-bytes'], 'max-epoch-bytes', DEFAULT_MAX_EPOCH_BYTES, MIN_EPOCH_BYTES, Number.MAX_SAFE_INTEGER);
+    const maxEpochBytes = integerOption(values['max-epoch-bytes'], 'max-epoch-bytes', DEFAULT_MAX_EPOCH_BYTES, MIN_EPOCH_BYTES, MAX_RECEIVER_EPOCH_BYTES);
+    const kernel = values.kernel ?? DEFAULT_RECEIVER_KERNEL;
+    if (!isReceiverKernel(kernel)) throw new UsageError(`--kernel: '${kernel}' is not one of ${RECEIVER_KERNELS.join(', ')}`);
     if (values.listen) {
       if (values.image !== undefined) throw new UsageError('--image is for frame files; with --listen, images are created over HTTP (see --image-dir)');
       if (values['page-size'] !== undefined) throw new UsageError('--page-size is for frame files; with --listen, each image states its own');
@@ -114,7 +121,7 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
         if (err instanceof AuthConfigError) throw new UsageError(err.message);
         throw err;
       }
-      return await listen(io, host, port, values['image-dir'], maxFrameBytes, maxEpochBytes, token);
+      return await listen(io, host, port, values['image-dir'], maxFrameBytes, maxEpochBytes, kernel, token);
     }
     for (const name of ['host', 'port', 'image-dir', 'allow-remote', 'token-file'] as const) {
       if (values[name] !== undefined) throw new UsageError(`--${name} needs --listen`);
@@ -122,7 +129,7 @@ export async function runReceive(argv: string[], io: ReceiveIo = process): Promi
     if (values.image === undefined) throw new UsageError('--image FILE is required (or --listen)');
     const pageSize = integerOption(values['page-size'], 'page-size', DEFAULT_PAGE_SIZE, 1, Number.MAX_SAFE_INTEGER);
     if (pageShiftOf(pageSize) < 0) throw new UsageError(`--page-size must be a power of two in 512..65536, got ${pageSize}`);
-    return await receiveFiles(io, values.image, pageSize, positionals, maxFrameBytes, maxEpochBytes);
+    return await receiveFiles(io, values.image, pageSize, positionals, maxFrameBytes, maxEpochBytes, kernel);
   } catch (err) {
     if (err instanceof UsageError) {
       io.stderr.write(`receive: ${err.message}\n\n${RECEIVE_USAGE}`);
@@ -139,6 +146,7 @@ async function receiveFiles(
   files: string[],
   maxFrameBytes: number,
   maxEpochBytes: number,
+  kernel: ReceiverKernel,
 ): Promise<number> {
   let image: FileImage;
   try {
@@ -150,7 +158,7 @@ async function receiveFiles(
     }
     throw err;
   }
-  const receiver = new Receiver({ pageSize, image, maxFrameBytes, maxEpochBytes });
+  const receiver = new Receiver({ pageSize, image, maxFrameBytes, maxEpochBytes, kernel });
   try {
     if (receiver.committedEpoch !== null) {
       io.stdout.write(`resuming ${imagePath}: committed epoch ${receiver.committedEpoch}, ${receiver.pageCount} pages\n`);
@@ -205,11 +213,12 @@ async function listen(
   imageDir: string | undefined,
   maxFrameBytes: number,
   maxEpochBytes: number,
+  kernel: ReceiverKernel,
   authToken: string | undefined,
 ): Promise<number> {
   // Loaded here so that frame-file mode does not load the HTTP stack.
   const { buildApp } = await import('./app.js');
-  const app = await buildApp({ receiver: { imageDir, maxFrameBytes, maxEpochBytes }, authToken });
+  const app = await buildApp({ receiver: { imageDir, maxFrameBytes, maxEpochBytes, kernel }, authToken });
   const address = await app.listen({ host, port });
   const where = `${isLoopbackHost(host) ? 'loopback only' : 'REMOTE'}, ${authToken === undefined ? 'no token' : 'bearer token required'}`;
   io.stdout.write(`receiver listening on ${address} (${where})${imageDir === undefined ? ' (memory images only)' : ` (file images in ${imageDir})`}\n`);

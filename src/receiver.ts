@@ -3,13 +3,27 @@
  * to a memory image and trusts nothing. A frame is checked whole before any of
  * it is staged; an epoch reaches the image only when its LAST frame's count
  * and digest match what was staged.
+ *
+ * Page data lives in one shared WebAssembly memory per receiver (a
+ * PageArena, src/page-arena.ts): the staged pages, a MemoryImage's pages,
+ * the codec 3 chunk scratch, the trial page and (wasm kernel, codecs 1 and
+ * 2) a copy of the frame being applied. The wasm kernel
+ * (src/codec/remus-wasm.ts) decodes each record straight into its staging
+ * slot; the committed page a delta applies to is copied into staging, and a
+ * committed epoch's pages into the image, by one memmove inside that memory
+ * each (the kernel's copy, or copyWithin with the portable 'js' kernel). A
+ * FileImage's pages go through fs into and out of the same memory. Nothing
+ * is allocated per page.
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
-import { ChunkReader, type OpenChunk } from './codec/chunk.js';
+import { instantiateRemusWasm, type RemusWasmKernel } from './codec/remus-wasm.js';
+import { ChunkReader, MAX_CHUNK_RAW_BYTES, type OpenChunk } from './codec/chunk.js';
 import { decodeXbzrleBody, XBZRLE_DELTA, XBZRLE_FULL, XBZRLE_UNCHANGED } from './codec/xbzrle.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest, hashDigestGroup, hashImage } from './digest.js';
 import { readPfn, writePfn } from './epoch-record.js';
+import { ARENA_MAX_BYTES, PageArena } from './page-arena.js';
+import { PfnTable, pfnHigh, pfnLow, pfnOf } from './pfn-table.js';
 import { CodecError, FrameError, ServiceError } from './errors.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
 import {
@@ -34,13 +48,27 @@ import {
 
 /** Default bound on the page bytes one epoch may stage. */
 export const DEFAULT_MAX_EPOCH_BYTES = 1024 * 1024 * 1024;
-/** Staging starts this big and doubles on demand, so small epochs stay small. */
+/**
+ * The largest epoch bound a receiver takes: its staging, its scratch and a
+ * MemoryImage's pages share one wasm32 memory of at most 4 GiB
+ * (src/page-arena.ts), so 3 GiB of staging leaves about 1 GiB for the rest.
+ * A memory image plus the staged epoch past 4 GiB is refused as
+ * FRAME_MEMORY_FULL; file images keep their pages on disk.
+ */
+export const MAX_RECEIVER_EPOCH_BYTES = 3 * 1024 * 1024 * 1024;
+/** Staging starts this big (at least one 64-page digest group) and doubles on demand, so small epochs stay small. */
 const INITIAL_STAGING_BYTES = 1024 * 1024;
-/** MemoryImage allocates its pages in chunks of this size (the last chunk may hold fewer pages for big pages). */
+/** MemoryImage allocates its pages in chunks of this size (a power of two: 256 pages or more). */
 const MEMORY_CHUNK_BYTES = 16 * 1024 * 1024;
+/** The frame copy of the wasm path starts this big and doubles up to maxFrameBytes. */
+const MIN_FRAME_COPY_BYTES = 64 * 1024;
+/** HTTP 507 Insufficient Storage: the receiver's memory cannot hold what the frame needs. */
+const STATUS_MEMORY_FULL = 507;
 /** The smallest record: type byte and a one-byte pfn (a ZERO record). */
 const MIN_RECORD_BYTES = 2;
 const PFN_BYTES = 8;
+/** log2(DIGEST_GROUP_PAGES): the digest group of a slot. */
+const DIGEST_GROUP_SHIFT = Math.log2(DIGEST_GROUP_PAGES);
 const ULEB_PAYLOAD_MASK = 0x7f;
 const ULEB_CONTINUE = 0x80;
 const ULEB_RADIX = 0x80;
@@ -81,13 +109,6 @@ function checkPageSize(pageSize: number, who: string): void {
   if (pageShiftOf(pageSize) < 0) throw new RangeError(`${who}: pageSize ${pageSize} is not a power of two in 512..65536`);
 }
 
-/** Byte copy without views: the apply loop must not allocate per page. */
-function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffset: number, length: number): void {
-  const delta = dstOffset - srcOffset;
-  const end = srcOffset + length;
-  for (let i = srcOffset; i < end; i++) dst[i + delta] = src[i];
-}
-
 /**
  * What the two stores share: pages live in numbered slots, handed out in
  * order and never freed one by one (the format cannot remove a page; only
@@ -96,11 +117,11 @@ function copyBytes(src: Uint8Array, srcOffset: number, dst: Uint8Array, dstOffse
  */
 abstract class SlotImage implements ImageStore {
   readonly pageSize: number;
-  protected readonly slots: Map<number, number>;
+  protected readonly slots: PfnTable;
   protected used: number;
   protected epoch: number | null;
 
-  protected constructor(pageSize: number, slots: Map<number, number>, epoch: number | null) {
+  protected constructor(pageSize: number, slots: PfnTable, epoch: number | null) {
     this.pageSize = pageSize;
     this.slots = slots;
     this.used = slots.size;
@@ -120,7 +141,7 @@ abstract class SlotImage implements ImageStore {
   }
 
   pfns(): number[] {
-    return [...this.slots.keys()].sort((a, b) => a - b);
+    return this.slots.pfns().sort((a, b) => a - b);
   }
 
   clear(): void {
@@ -128,52 +149,114 @@ abstract class SlotImage implements ImageStore {
     this.used = 0;
   }
 
-  /** The slot of `pfn`, given the next free one (and announced to `slotAdded`) when the image lacks it. */
-  protected slotFor(pfn: number): number {
-    let slot = this.slots.get(pfn);
-    if (slot === undefined) {
-      slot = this.used++;
-      this.slotAdded(slot, pfn);
-      this.slots.set(pfn, slot);
+  /**
+   * The slot of the pfn of halves (low, high) (see src/pfn-table.ts), given
+   * the next free one (and announced to `slotAdded`, which may refuse it)
+   * when the image lacks it.
+   */
+  protected slotFor(low: number, high: number): number {
+    let slot = this.slots.getParts(low, high);
+    if (slot < 0) {
+      slot = this.used;
+      this.slotAdded(slot, low, high);
+      this.used++;
+      this.slots.setParts(low, high, slot);
     }
     return slot;
   }
 
-  protected abstract slotAdded(slot: number, pfn: number): void;
+  protected abstract slotAdded(slot: number, low: number, high: number): void;
   abstract read(pfn: number, dst: Uint8Array, dstOffset: number): boolean;
   abstract write(pfn: number, src: Uint8Array, srcOffset: number): void;
 }
 
-/** Pages in memory, in page slots grouped in fixed-size chunks. */
+/**
+ * Pages in memory, in page slots grouped in fixed-size chunks of a
+ * PageArena: a Receiver over this image stages its epochs in the same
+ * arena, and reads and writes the pages by offset (offsetOf,
+ * offsetForWrite) rather than through read() and write().
+ */
 export class MemoryImage extends SlotImage {
-  private readonly chunks: Uint8Array[] = [];
+  /** The wasm memory the pages live in (one of its own unless given). */
+  readonly arena: PageArena;
+  /** Arena offset of each chunk. */
+  private readonly chunks: number[] = [];
   private readonly pagesPerChunk: number;
+  private readonly chunkShift: number;
 
-  constructor(pageSize: number) {
+  constructor(pageSize: number, arena: PageArena = new PageArena()) {
     checkPageSize(pageSize, 'MemoryImage');
-    super(pageSize, new Map(), null);
-    this.pagesPerChunk = Math.max(1, Math.floor(MEMORY_CHUNK_BYTES / pageSize));
+    super(pageSize, new PfnTable(), null);
+    this.arena = arena;
+    this.pagesPerChunk = MEMORY_CHUNK_BYTES / pageSize;
+    this.chunkShift = Math.log2(this.pagesPerChunk);
+  }
+
+  private slotOffset(slot: number): number {
+    return this.chunks[slot >>> this.chunkShift] + (slot & (this.pagesPerChunk - 1)) * this.pageSize;
+  }
+
+  /** Arena offset of the page of the pfn of halves (low, high) (src/pfn-table.ts), or -1 when the image lacks it. */
+  offsetOf(low: number, high: number): number {
+    const slot = this.slots.getParts(low, high);
+    return slot < 0 ? -1 : this.slotOffset(slot);
+  }
+
+  /** Arena offset of the page of the pfn of halves (low, high), a slot given to it when the image lacks it (after makeRoom, that never fails). */
+  offsetForWrite(low: number, high: number): number {
+    return this.slotOffset(this.slotFor(low, high));
+  }
+
+  /** has() of the pfn of halves (low, high). */
+  hasParts(low: number, high: number): boolean {
+    return this.slots.hasParts(low, high);
+  }
+
+  /**
+   * Make room for `incoming` pages about to be written: replacing the image
+   * (a RESYNC: clear() comes first) or added to it, `fresh()` of them pfns
+   * the image lacks (asked only when the chunks in hand may not do). False
+   * when the arena cannot grow that far; chunks added on the way are kept.
+   */
+  makeRoom(incoming: number, replacing: boolean, fresh: () => number): boolean {
+    const capacity = this.chunks.length * this.pagesPerChunk;
+    let total = replacing ? incoming : this.used + incoming;
+    if (total <= capacity) return true;
+    if (!replacing) total = this.used + fresh();
+    while (this.chunks.length * this.pagesPerChunk < total) {
+      if (!this.addChunk()) return false;
+    }
+    return true;
+  }
+
+  private addChunk(): boolean {
+    const offset = this.arena.alloc(this.pagesPerChunk * this.pageSize);
+    if (offset < 0) return false;
+    this.chunks.push(offset);
+    return true;
   }
 
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
-    const slot = this.slots.get(pfn);
-    if (slot === undefined) return false;
-    const chunk = this.chunks[Math.floor(slot / this.pagesPerChunk)];
-    copyBytes(chunk, (slot % this.pagesPerChunk) * this.pageSize, dst, dstOffset, this.pageSize);
+    const offset = this.offsetOf(pfnLow(pfn), pfnHigh(pfn));
+    if (offset < 0) return false;
+    dst.set(this.arena.bytes.subarray(offset, offset + this.pageSize), dstOffset);
     return true;
   }
 
   protected slotAdded(slot: number): void {
     // Chunks are kept across clear(): a RESYNC refills about as many pages as it dropped.
-    if (Math.floor(slot / this.pagesPerChunk) === this.chunks.length) {
-      this.chunks.push(new Uint8Array(this.pagesPerChunk * this.pageSize));
+    if (slot >>> this.chunkShift >= this.chunks.length && !this.addChunk()) {
+      throw new ServiceError(
+        'IMAGE_MEMORY_FULL',
+        `memory image: page slot ${slot} does not fit the receiver's memory (${this.arena.allocated} of at most ${ARENA_MAX_BYTES} bytes, wasm32, in use)`,
+        STATUS_MEMORY_FULL,
+      );
     }
   }
 
   write(pfn: number, src: Uint8Array, srcOffset: number): void {
-    const slot = this.slotFor(pfn);
-    const chunk = this.chunks[Math.floor(slot / this.pagesPerChunk)];
-    copyBytes(src, srcOffset, chunk, (slot % this.pagesPerChunk) * this.pageSize, this.pageSize);
+    const offset = this.offsetForWrite(pfnLow(pfn), pfnHigh(pfn));
+    this.arena.bytes.set(src.subarray(srcOffset, srcOffset + this.pageSize), offset);
   }
 
   commit(epoch: number): void {
@@ -225,7 +308,7 @@ export class FileImage extends SlotImage {
     pageSize: number,
     dataFd: number,
     indexFd: number,
-    slots: Map<number, number>,
+    slots: PfnTable,
     slotPfns: Float64Array,
     epoch: number | null,
   ) {
@@ -254,7 +337,7 @@ export class FileImage extends SlotImage {
       }
       const dataFd = fs.openSync(path, 'wx+');
       const indexFd = fs.openSync(indexPath, 'w+');
-      const image = new FileImage(path, pageSize, dataFd, indexFd, new Map(), new Float64Array(INITIAL_SLOT_CAPACITY), null);
+      const image = new FileImage(path, pageSize, dataFd, indexFd, new PfnTable(), new Float64Array(INITIAL_SLOT_CAPACITY), null);
       image.writeIndexHeader();
       return image;
     }
@@ -276,7 +359,7 @@ export class FileImage extends SlotImage {
 
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
     const slot = this.slots.get(pfn);
-    if (slot === undefined) return false;
+    if (slot < 0) return false;
     let done = 0;
     while (done < this.pageSize) {
       const n = fs.readSync(this.dataFd, dst, dstOffset + done, this.pageSize - done, slot * this.pageSize + done);
@@ -286,17 +369,17 @@ export class FileImage extends SlotImage {
     return true;
   }
 
-  protected slotAdded(slot: number, pfn: number): void {
+  protected slotAdded(slot: number, low: number, high: number): void {
     if (slot === this.slotPfns.length) {
       const grown = new Float64Array(this.slotPfns.length * 2);
       grown.set(this.slotPfns);
       this.slotPfns = grown;
     }
-    this.slotPfns[slot] = pfn;
+    this.slotPfns[slot] = pfnOf(low, high);
   }
 
   write(pfn: number, src: Uint8Array, srcOffset: number): void {
-    const slot = this.slotFor(pfn);
+    const slot = this.slotFor(pfnLow(pfn), pfnHigh(pfn));
     let done = 0;
     while (done < this.pageSize) {
       done += fs.writeSync(this.dataFd, src, srcOffset + done, this.pageSize - done, slot * this.pageSize + done);
@@ -362,7 +445,7 @@ function parseIndex(
   index: Buffer,
   indexPath: string,
   pageSize: number,
-): { slots: Map<number, number>; slotPfns: Float64Array; epoch: number | null } {
+): { slots: PfnTable; slotPfns: Float64Array; epoch: number | null } {
   const corrupt = (why: string): ServiceError => new ServiceError('IMAGE_INDEX_CORRUPT', `${indexPath}: ${why}`, STATUS_CONFLICT);
   if (index.length < INDEX_HEADER_BYTES || index.toString('latin1', 0, INDEX_MAGIC.length) !== INDEX_MAGIC) {
     throw corrupt(`not an image index (no "${INDEX_MAGIC}" header)`);
@@ -377,7 +460,7 @@ function parseIndex(
   if (INDEX_HEADER_BYTES + count * INDEX_ENTRY_BYTES > index.length) {
     throw corrupt(`header names ${count} entries, the file holds ${Math.floor((index.length - INDEX_HEADER_BYTES) / INDEX_ENTRY_BYTES)}`);
   }
-  const slots = new Map<number, number>();
+  const slots = new PfnTable(count);
   const slotPfns = new Float64Array(Math.max(INITIAL_SLOT_CAPACITY, count));
   for (let i = 0; i < count; i++) {
     const at = INDEX_HEADER_BYTES + i * INDEX_ENTRY_BYTES;
@@ -396,8 +479,24 @@ export interface ReceiverOptions {
   image: ImageStore;
   /** Largest frame accepted, header included (default and ceiling MAX_FRAME_BYTES). */
   maxFrameBytes?: number;
-  /** Bound on the page bytes staged for one epoch (default DEFAULT_MAX_EPOCH_BYTES). */
+  /** Bound on the page bytes staged for one epoch (default DEFAULT_MAX_EPOCH_BYTES, at most MAX_RECEIVER_EPOCH_BYTES). */
   maxEpochBytes?: number;
+  /**
+   * Who decodes records and copies pages: 'wasm' (default), the WebAssembly
+   * SIMD kernel (src/codec/remus-wasm.ts, made by `npm run build`), or
+   * 'js', the portable TypeScript codecs over the same memory. Same images,
+   * same refusals.
+   */
+  kernel?: ReceiverKernel;
+}
+
+/** The receiver's decoders: the wasm kernel or the portable TypeScript codecs. */
+export type ReceiverKernel = 'wasm' | 'js';
+export const RECEIVER_KERNELS: readonly ReceiverKernel[] = ['wasm', 'js'];
+export const DEFAULT_RECEIVER_KERNEL: ReceiverKernel = 'wasm';
+
+export function isReceiverKernel(value: unknown): value is ReceiverKernel {
+  return value === 'wasm' || value === 'js';
 }
 
 /** What an ABORT frame said. */
@@ -430,10 +529,13 @@ export interface StagingState {
 }
 
 /**
- * The epoch being staged: page bytes in record order in one slab, the pfns
- * both as numbers and as the u64 LE bytes the digest hashes, and a pfn →
- * record index map. Digest groups are hashed straight from slab views. Slabs
- * survive between epochs and grow by doubling up to the epoch bound.
+ * The epoch being staged: page bytes in slot order in blocks of the
+ * receiver's PageArena, the pfns both as numbers and as the u64 LE bytes the
+ * digest hashes, and a pfn → slot map. Blocks hold a power-of-two number of
+ * pages, a multiple of the 64-page digest group, so each group's pages are
+ * contiguous and hashed straight from a view of the memory. Capacity starts
+ * at INITIAL_STAGING_BYTES and doubles up to the epoch bound, as blocks are
+ * added (nothing is copied); blocks survive between epochs.
  */
 class Staging {
   epoch: number | null = null;
@@ -444,42 +546,85 @@ class Staging {
   count = 0;
   /** Slots 0..slotEnd-1 hold pages in request order (codecs 1 and 2 fill them in arrival order; codec 3 chunks say each page's slot). */
   slotEnd = 0;
-  pages: Uint8Array;
   pfnBytes: Uint8Array;
   pfns: Float64Array;
   /** 1 where a slot holds a staged page. */
   private filled: Uint8Array;
   /** The slot of each staged record, in arrival order: what truncate undoes. */
   private order: Int32Array;
-  readonly index = new Map<number, number>();
-  private groupHashes = new Uint8Array(0);
+  /** pfn → slot of the staged records. */
+  readonly index = new PfnTable();
+  /**
+   * Digest groups are hashed as soon as their 64 slots are filled, while
+   * their pages are still in cache: per group, its filled slots, and 1 once
+   * its hash in groupHashes is that of its final pages (a rolled back
+   * record clears it).
+   */
+  private groupFill: Uint8Array;
+  private groupHashed: Uint8Array;
+  private groupHashes: Uint8Array;
+  private readonly arena: PageArena;
   private readonly pageSize: number;
   private readonly maxRecords: number;
+  /** Arena offsets of the page blocks: block b holds slots [b * blockPages, (b + 1) * blockPages). */
+  private readonly blocks: number[] = [];
+  private readonly blockPages: number;
+  private readonly blockShift: number;
+  /** Slots that have page room (the blocks' pages). */
+  private backed = 0;
+  /** The first capacity: one block, or the epoch bound when smaller. */
+  private readonly initial: number;
 
-  constructor(pageSize: number, maxRecords: number) {
+  constructor(arena: PageArena, pageSize: number, maxRecords: number) {
+    this.arena = arena;
     this.pageSize = pageSize;
     this.maxRecords = maxRecords;
-    const initial = Math.max(1, Math.min(maxRecords, Math.floor(INITIAL_STAGING_BYTES / pageSize)));
-    this.pages = new Uint8Array(initial * pageSize);
-    this.pfnBytes = new Uint8Array(initial * PFN_BYTES);
-    this.pfns = new Float64Array(initial);
-    this.filled = new Uint8Array(initial);
-    this.order = new Int32Array(initial);
+    this.blockPages = Math.max(DIGEST_GROUP_PAGES, INITIAL_STAGING_BYTES / pageSize);
+    this.blockShift = Math.log2(this.blockPages);
+    this.initial = Math.min(maxRecords, this.blockPages);
+    this.pfnBytes = new Uint8Array(this.initial * PFN_BYTES);
+    this.pfns = new Float64Array(this.initial);
+    this.filled = new Uint8Array(this.initial);
+    this.order = new Int32Array(this.initial);
+    const groups = digestGroupCount(this.initial);
+    this.groupFill = new Uint8Array(groups);
+    this.groupHashed = new Uint8Array(groups);
+    this.groupHashes = new Uint8Array(groups * DIGEST_BYTES);
   }
 
-  get capacity(): number {
-    return this.pfns.length;
+  /** Arena offset of `slot`'s page (slot below the reserved capacity). */
+  pageOffset(slot: number): number {
+    return this.blocks[slot >>> this.blockShift] + (slot & (this.blockPages - 1)) * this.pageSize;
   }
 
-  /** Make room for slots 0..slots-1 (the caller has checked the epoch bound). */
-  reserve(slots: number): void {
-    if (slots <= this.capacity) return;
-    let capacity = this.capacity;
+  /**
+   * Make room for slots 0..slots-1 (the caller has checked the epoch bound).
+   * False when the arena cannot grow that far; the staged records are
+   * untouched either way.
+   */
+  reserve(slots: number): boolean {
+    if (slots <= this.backed) return true;
+    let capacity = Math.max(this.backed, this.initial);
     while (capacity < slots) capacity *= 2;
     capacity = Math.min(capacity, this.maxRecords);
+    let ok = true;
+    while (this.backed < capacity) {
+      const pages = Math.min(this.blockPages, this.maxRecords - this.backed);
+      const offset = this.arena.alloc(pages * this.pageSize);
+      if (offset < 0) {
+        ok = false;
+        break;
+      }
+      this.blocks.push(offset);
+      this.backed += pages;
+    }
+    // The per-slot arrays cover every slot that has page room.
+    if (this.backed > this.pfns.length) this.growSlotArrays(this.backed);
+    return ok;
+  }
+
+  private growSlotArrays(capacity: number): void {
     const used = this.slotEnd;
-    const pages = new Uint8Array(capacity * this.pageSize);
-    pages.set(this.pages.subarray(0, used * this.pageSize));
     const pfnBytes = new Uint8Array(capacity * PFN_BYTES);
     pfnBytes.set(this.pfnBytes.subarray(0, used * PFN_BYTES));
     const pfns = new Float64Array(capacity);
@@ -488,11 +633,20 @@ class Staging {
     filled.set(this.filled.subarray(0, used));
     const order = new Int32Array(capacity);
     order.set(this.order.subarray(0, this.count));
-    this.pages = pages;
+    const groups = digestGroupCount(capacity);
+    const groupFill = new Uint8Array(groups);
+    groupFill.set(this.groupFill);
+    const groupHashed = new Uint8Array(groups);
+    groupHashed.set(this.groupHashed);
+    const groupHashes = new Uint8Array(groups * DIGEST_BYTES);
+    groupHashes.set(this.groupHashes);
     this.pfnBytes = pfnBytes;
     this.pfns = pfns;
     this.filled = filled;
     this.order = order;
+    this.groupFill = groupFill;
+    this.groupHashed = groupHashed;
+    this.groupHashes = groupHashes;
   }
 
   /** The slot the next record of a codec 1 or 2 frame goes to. */
@@ -504,22 +658,54 @@ class Staging {
     return this.filled[slot] === 1;
   }
 
-  /** Record that `slot` (reserved, not filled) now holds pfn's page. */
-  add(pfn: number, slot: number): void {
+  /** Record that `slot` (reserved, not filled) now holds the page of the pfn of halves (low, high), whose decoding is done. */
+  add(low: number, high: number, slot: number): void {
     this.order[this.count++] = slot;
     this.filled[slot] = 1;
     if (slot >= this.slotEnd) this.slotEnd = slot + 1;
-    this.pfns[slot] = pfn;
-    writePfn(this.pfnBytes, slot * PFN_BYTES, pfn);
-    this.index.set(pfn, slot);
+    this.pfns[slot] = pfnOf(low, high);
+    // The pfn as u64 LE (writePfn's bytes), from its halves.
+    const bytes = this.pfnBytes;
+    const at = slot * PFN_BYTES;
+    bytes[at] = low;
+    bytes[at + 1] = low >>> 8;
+    bytes[at + 2] = low >>> 16;
+    bytes[at + 3] = low >>> 24;
+    bytes[at + 4] = high;
+    bytes[at + 5] = high >>> 8;
+    bytes[at + 6] = 0;
+    bytes[at + 7] = 0;
+    this.index.setParts(low, high, slot);
+    const group = slot >>> DIGEST_GROUP_SHIFT;
+    if (++this.groupFill[group] === DIGEST_GROUP_PAGES) this.hashGroup(group, DIGEST_GROUP_PAGES);
+    // A partial group hashed by digest() before a refusal rolled back its LAST frame.
+    else this.groupHashed[group] = 0;
+  }
+
+  /** Hash group `group`'s first `pages` slots (all filled) into groupHashes. */
+  private hashGroup(group: number, pages: number): void {
+    const first = group * DIGEST_GROUP_PAGES;
+    // A group never straddles two blocks (blockPages is a multiple of DIGEST_GROUP_PAGES).
+    const at = this.pageOffset(first);
+    hashDigestGroup(
+      this.pfnBytes.subarray(first * PFN_BYTES, (first + pages) * PFN_BYTES),
+      this.arena.bytes.subarray(at, at + pages * this.pageSize),
+      this.groupHashes,
+      group * DIGEST_BYTES,
+    );
+    this.groupHashed[group] = 1;
   }
 
   /** Drop the records staged after the first `count` (a rejected frame's). */
   truncate(count: number): void {
     for (let k = count; k < this.count; k++) {
       const slot = this.order[k];
-      this.index.delete(this.pfns[slot]);
+      const pfn = this.pfns[slot];
+      this.index.deleteParts(pfnLow(pfn), pfnHigh(pfn));
       this.filled[slot] = 0;
+      const group = slot >>> DIGEST_GROUP_SHIFT;
+      this.groupFill[group]--;
+      this.groupHashed[group] = 0;
     }
     this.count = count;
     let end = 0;
@@ -530,6 +716,9 @@ class Staging {
   reset(): void {
     this.index.clear();
     this.filled.fill(0, 0, this.slotEnd);
+    const groups = digestGroupCount(this.slotEnd);
+    this.groupFill.fill(0, 0, groups);
+    this.groupHashed.fill(0, 0, groups);
     this.slotEnd = 0;
     this.count = 0;
     this.epoch = null;
@@ -538,18 +727,12 @@ class Staging {
     this.nextSequence = 0;
   }
 
+  /** The epoch digest of slots 0..count-1 (all filled: the caller checked slotEnd === count). */
   digest(): Buffer {
     const groups = digestGroupCount(this.count);
-    if (this.groupHashes.length < groups * DIGEST_BYTES) this.groupHashes = new Uint8Array(groups * DIGEST_BYTES);
+    // Full groups were hashed as they filled; the last one may be partial.
     for (let g = 0; g < groups; g++) {
-      const first = g * DIGEST_GROUP_PAGES;
-      const last = Math.min(first + DIGEST_GROUP_PAGES, this.count);
-      hashDigestGroup(
-        this.pfnBytes.subarray(first * PFN_BYTES, last * PFN_BYTES),
-        this.pages.subarray(first * this.pageSize, last * this.pageSize),
-        this.groupHashes,
-        g * DIGEST_BYTES,
-      );
+      if (this.groupHashed[g] === 0) this.hashGroup(g, Math.min(DIGEST_GROUP_PAGES, this.count - g * DIGEST_GROUP_PAGES));
     }
     return foldEpochDigest(this.groupHashes, groups, this.epoch as number, this.resync);
   }
@@ -564,13 +747,28 @@ class Staging {
  */
 export class Receiver {
   readonly pageSize: number;
+  readonly kernel: ReceiverKernel;
   private readonly pageShift: number;
   private readonly image: ImageStore;
   private readonly maxFrameBytes: number;
   private readonly maxEpochRecords: number;
+  /** Page memory: staging, scratch, and a MemoryImage's pages (its own arena), see the file comment. */
+  private readonly arena: PageArena;
+  /** The image when its pages live in `arena`: they are read and written by offset. */
+  private readonly memImage: MemoryImage | null;
+  /** The wasm kernel over `arena`; null with kernel 'js'. */
+  private readonly wasm: RemusWasmKernel | null;
   private readonly staging: Staging;
-  /** Where a restarting frame (sequence 0) is trial-decoded while an older staging is kept (see applyFrame). */
-  private readonly scratchPage: Uint8Array;
+  /** Where a restarting frame (sequence 0) is trial-decoded while an older staging is kept (see applyFrame): an arena offset. */
+  private readonly scratchPage: number;
+  /** Codec 3 chunk scratch, an arena region (offset, and a view of it for the ChunkReader). */
+  private readonly chunkScratch: number;
+  private readonly chunkScratchView: Uint8Array;
+  /** wasm kernel, codecs 1 and 2: the frame being applied is copied here (arena offset, -1 before the first). */
+  private frameCopy = -1;
+  private frameCopyBytes = 0;
+  /** Codec 3: one past the highest index a trial decode saw, for the room the frame will need. */
+  private trialSlotEnd = 0;
   private readonly scratchPfns = new Set<number>();
   /**
    * Codec 3: the indices a trial decode has seen, so that a restarting frame
@@ -579,8 +777,8 @@ export class Receiver {
    * staged frame's would be.
    */
   private readonly scratchSlots = new Set<number>();
-  /** Decompresses codec 3 chunks (one zstd context and a MAX_CHUNK_RAW_BYTES scratch). */
-  private readonly chunks = new ChunkReader();
+  /** Decompresses codec 3 chunks (one zstd context; its scratch is chunkScratch). */
+  private readonly chunks: ChunkReader;
   private committed: number | null;
 
   constructor(options: ReceiverOptions) {
@@ -595,14 +793,41 @@ export class Receiver {
     if (!Number.isInteger(maxEpochBytes) || maxEpochBytes < pageSize) {
       throw new RangeError(`Receiver: maxEpochBytes ${maxEpochBytes} is below one page (${pageSize})`);
     }
+    if (maxEpochBytes > MAX_RECEIVER_EPOCH_BYTES) {
+      throw new RangeError(
+        `Receiver: maxEpochBytes ${maxEpochBytes} is over ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch, the receiver's scratch and a memory image share one ${ARENA_MAX_BYTES}-byte wasm32 memory`,
+      );
+    }
+    const kernel = options.kernel ?? DEFAULT_RECEIVER_KERNEL;
+    if (!isReceiverKernel(kernel)) throw new RangeError(`Receiver: kernel ${JSON.stringify(kernel)} is not one of ${RECEIVER_KERNELS.join(', ')}`);
     this.pageSize = pageSize;
+    this.kernel = kernel;
     this.pageShift = pageShiftOf(pageSize);
     this.image = image;
     this.maxFrameBytes = maxFrameBytes;
     this.maxEpochRecords = Math.floor(maxEpochBytes / pageSize);
-    this.staging = new Staging(pageSize, this.maxEpochRecords);
-    this.scratchPage = new Uint8Array(pageSize);
+    this.memImage = image instanceof MemoryImage ? image : null;
+    this.arena = this.memImage?.arena ?? new PageArena();
+    this.wasm = kernel === 'wasm' ? instantiateRemusWasm(this.arena.memory) : null;
+    this.staging = new Staging(this.arena, pageSize, this.maxEpochRecords);
+    this.scratchPage = this.fixedRegion(pageSize);
+    this.chunkScratch = this.fixedRegion(MAX_CHUNK_RAW_BYTES);
+    // A view over the memory as it is now: the region never moves, so the view stays valid as the memory grows.
+    this.chunkScratchView = new Uint8Array(this.arena.bytes.buffer, this.chunkScratch, MAX_CHUNK_RAW_BYTES);
+    this.chunks = new ChunkReader(this.chunkScratchView);
     this.committed = image.committedEpoch ?? null;
+  }
+
+  private fixedRegion(bytes: number): number {
+    const offset = this.arena.alloc(bytes);
+    if (offset < 0) {
+      throw new ServiceError(
+        'RECEIVER_MEMORY_FULL',
+        `Receiver: no room for ${bytes} bytes of scratch in the image's memory (${this.arena.allocated} of at most ${ARENA_MAX_BYTES} bytes in use)`,
+        STATUS_MEMORY_FULL,
+      );
+    }
+    return offset;
   }
 
   get committedEpoch(): number | null {
@@ -645,6 +870,7 @@ export class Receiver {
 
     const st = this.staging;
     const restart = h.sequence === 0;
+    const last = (h.flags & FLAG_LAST) !== 0;
     const base = restart ? 0 : st.count;
     if (base + h.recordCount > this.maxEpochRecords) {
       throw new FrameError(
@@ -652,26 +878,24 @@ export class Receiver {
         `epoch ${h.epoch} frame ${h.sequence}: ${base + h.recordCount} records of ${this.pageSize} bytes exceed the ${this.maxEpochRecords * this.pageSize}-byte epoch bound`,
       );
     }
+    let slots = base + h.recordCount;
     if (restart && st.count > 0) {
       // Sequence 0 restarts the epoch, but a frame that turns out bad must
-      // leave the older staging as it was: trial-decode it first.
+      // leave the older staging as it was: trial-decode it first, and make
+      // the room it needs (its staging slots; for a LAST frame its image
+      // pages) before the older staging is dropped.
       this.decodeRecords(frame, h, true);
+      if (h.codec === CODEC_REMUS_ZSTD) slots = Math.max(slots, this.trialSlotEnd);
+      const pages = this.scratchPfns.size;
+      if (last && !this.imageRoom(pages, resync, () => this.freshPfns(this.scratchPfns))) throw this.memoryFull(h, `the epoch's ${pages} pages`);
     }
+    if (!st.reserve(slots)) throw this.memoryFull(h, `${slots} staged pages`);
     const saved = { epoch: st.epoch, resync: st.resync, codec: st.codec, nextSequence: st.nextSequence, count: st.count };
     if (restart) st.reset();
-    st.reserve(base + h.recordCount);
     try {
       this.decodeRecords(frame, h, false);
     } catch (err) {
-      st.truncate(base);
-      // A restart over staged records passed the trial above, so only an
-      // I/O failure of the image gets here; the older staging is then gone.
-      if (!restart || saved.count === 0) {
-        st.epoch = saved.epoch;
-        st.resync = saved.resync;
-        st.codec = saved.codec;
-        st.nextSequence = saved.nextSequence;
-      }
+      this.rollBack(base, restart, saved);
       throw err;
     }
     st.epoch = h.epoch;
@@ -681,11 +905,80 @@ export class Receiver {
 
     // Page records staged, counted from the staging: under codec 3 recordCount counts chunks.
     const result: ApplyResult = { epoch: h.epoch, sequence: h.sequence, records: st.count - base, committed: false, aborted: false };
-    if ((h.flags & FLAG_LAST) !== 0) {
-      this.commitStaged(h);
+    if (last) {
+      this.verifyStaged(h);
+      if (!this.imageRoom(st.count, st.resync, () => this.freshStaged())) {
+        // Refused whole, as any frame: the staging goes back to what it was before this frame.
+        const err = this.memoryFull(h, `the epoch's ${st.count} pages`);
+        this.rollBack(base, restart, saved);
+        throw err;
+      }
+      this.writeStaged(h);
       result.committed = true;
     }
     return result;
+  }
+
+  /** Undo a refused frame's staging (its records, and the epoch fields when they were the frame's). */
+  private rollBack(base: number, restart: boolean, saved: { epoch: number | null; resync: boolean; codec: number; nextSequence: number; count: number }): void {
+    const st = this.staging;
+    st.truncate(base);
+    // A restart over staged records passed the trial and had its room made
+    // first, so only an I/O failure of the image gets here; the older
+    // staging is then gone.
+    if (!restart || saved.count === 0) {
+      st.epoch = saved.epoch;
+      st.resync = saved.resync;
+      st.codec = saved.codec;
+      st.nextSequence = saved.nextSequence;
+    }
+  }
+
+  /** Copy the frame into the arena, for the wasm kernel (the region grows by doubling up to maxFrameBytes). */
+  private copyFrameIn(frame: Uint8Array, h: FrameHeader): void {
+    if (frame.length > this.frameCopyBytes) {
+      let bytes = Math.max(MIN_FRAME_COPY_BYTES, this.frameCopyBytes);
+      while (bytes < frame.length) bytes *= 2;
+      bytes = Math.max(frame.length, Math.min(bytes, this.maxFrameBytes));
+      const offset = this.arena.alloc(bytes);
+      if (offset < 0) throw this.memoryFull(h, `a copy of the ${frame.length}-byte frame`);
+      this.frameCopy = offset;
+      this.frameCopyBytes = bytes;
+    }
+    this.arena.bytes.set(frame, this.frameCopy);
+  }
+
+  /** Room in a MemoryImage for `pages` pages about to be committed (always, for other stores). */
+  private imageRoom(pages: number, resync: boolean, fresh: () => number): boolean {
+    return this.memImage === null || this.memImage.makeRoom(pages, resync, fresh);
+  }
+
+  /** How many of `pfns` the image lacks. */
+  private freshPfns(pfns: Set<number>): number {
+    let n = 0;
+    for (const pfn of pfns) if (!this.image.has(pfn)) n++;
+    return n;
+  }
+
+  /** How many of the staged pfns the image lacks. */
+  private freshStaged(): number {
+    const st = this.staging;
+    let n = 0;
+    const held = this.memImage as MemoryImage;
+    for (let i = 0; i < st.count; i++) {
+      const pfn = st.pfns[i];
+      if (!held.hasParts(pfnLow(pfn), pfnHigh(pfn))) n++;
+    }
+    return n;
+  }
+
+  private memoryFull(h: FrameHeader, what: string): FrameError {
+    const users = this.memImage === null ? 'the staged epoch and scratch' : 'the memory image, the staged epoch and scratch (a larger image needs a file image)';
+    return new FrameError(
+      'FRAME_MEMORY_FULL',
+      `epoch ${h.epoch} frame ${h.sequence}: the receiver's memory cannot hold ${what}: ${this.arena.allocated} of its ${ARENA_MAX_BYTES} bytes (wasm32) are in use by ${users}`,
+      STATUS_MEMORY_FULL,
+    );
   }
 
   /** Magic through CRC, in the order of FORMAT.md "Receiver rules"; returns the header. */
@@ -731,7 +1024,17 @@ export class Receiver {
       throw new FrameError('FRAME_BAD_LENGTH', `frame of ${frame.length} bytes, but payloadLength ${h.payloadLength} at byte ${FRAME_FIELD.payloadLength} makes it ${total}`);
     }
     const stored = readU32(frame, FRAME_FIELD.crc);
-    const computed = computeFrameCrc(frame, 0);
+    // The wasm kernel reads records from its memory: codecs 1 and 2 from a
+    // copy of the frame (codec 3 from the chunk scratch). The copy is made
+    // first and the CRC taken over it, while it is in cache: one read of
+    // the frame from memory instead of two.
+    let computed: number;
+    if (this.wasm !== null && h.codec !== CODEC_REMUS_ZSTD && (h.flags & FLAG_ABORT) === 0) {
+      this.copyFrameIn(frame, h);
+      computed = computeFrameCrc(this.arena.bytes, this.frameCopy);
+    } else {
+      computed = computeFrameCrc(frame, 0);
+    }
     if (stored !== computed) {
       throw new FrameError('FRAME_BAD_CRC', `crc32 0x${stored.toString(16)} at byte ${FRAME_FIELD.crc}, computed 0x${computed.toString(16)}`);
     }
@@ -811,10 +1114,11 @@ export class Receiver {
     if (trial) {
       this.scratchPfns.clear();
       this.scratchSlots.clear();
+      this.trialSlotEnd = 0;
     }
     let pos = FRAME_HEADER_BYTES;
     if (h.codec !== CODEC_REMUS_ZSTD) {
-      pos = this.decodePageRecords(frame, pos, end, h.recordCount, h.codec === CODEC_XBZRLE, where, trial);
+      pos = this.decodePageRecords(frame, pos, end, h.recordCount, h.codec === CODEC_XBZRLE, where, trial, null, this.frameCopy);
     } else {
       // Codec 3: every top-level record is a chunk of codec 1 page records.
       for (let r = 0; r < h.recordCount; r++) {
@@ -833,6 +1137,8 @@ export class Receiver {
           throw err;
         }
         const { header: chunk, raw, recordsStart } = opened;
+        // A stored chunk is a view of the frame: the wasm kernel reads it from the scratch.
+        if (this.wasm !== null && raw.buffer !== this.chunkScratchView.buffer) this.chunkScratchView.set(raw);
         const slots = this.chunks.indices;
         // The frame's recordCount counts chunks: the pages are known only now.
         const staged = trial ? this.scratchSlots.size : this.staging.count;
@@ -845,9 +1151,13 @@ export class Receiver {
             `${where}: chunk ${r} at byte ${chunkStart} brings the epoch to ${staged + chunk.records} records, up to index ${highest}, of ${this.pageSize} bytes, over the ${this.maxEpochRecords * this.pageSize}-byte epoch bound`,
           );
         }
-        if (!trial) this.staging.reserve(highest + 1);
+        if (trial) {
+          this.trialSlotEnd = Math.max(this.trialSlotEnd, highest + 1);
+        } else if (!this.staging.reserve(highest + 1)) {
+          throw this.memoryFull(h, `${highest + 1} staged pages`);
+        }
         const inner = `${where} chunk ${r} (at byte ${chunkStart}; byte offsets within its ${chunk.rawLength} raw bytes)`;
-        const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, slots);
+        const innerEnd = this.decodePageRecords(raw, recordsStart, chunk.rawLength, chunk.records, false, inner, trial, slots, this.chunkScratch);
         if (innerEnd !== chunk.rawLength) {
           throw new FrameError('FRAME_TRAILING_BYTES', `${inner}: ${chunk.rawLength - innerEnd} bytes after the last of its ${chunk.records} records, from byte ${innerEnd}`);
         }
@@ -863,14 +1173,19 @@ export class Receiver {
    * Decode `count` page records (RECORD_REMUS or RECORD_ZERO) from
    * bytes[pos, end): the body of a codec 1 or 2 frame, staged in arrival
    * order, or a codec 3 chunk's records, staged at slots[0, count). Returns
-   * the position after the last one.
+   * the position after the last one. The wasm kernel reads the same bytes
+   * from the arena, where bytes[0] is at `inBase` (the frame copy, or the
+   * chunk scratch); the staging has its room already.
    */
   private decodePageRecords(
     bytes: Uint8Array, pos: number, end: number, count: number, xbzrle: boolean, where: string, trial: boolean,
-    slots: Int32Array | null = null,
+    slots: Int32Array | null, inBase: number,
   ): number {
     const st = this.staging;
     const ps = this.pageSize;
+    const memory = this.arena.bytes;
+    const wasm = this.wasm;
+    const held = this.memImage;
     for (let r = 0; r < count; r++) {
       const recordStart = pos;
       if (pos >= end) {
@@ -895,17 +1210,19 @@ export class Receiver {
       if (pfn >= PFN_LIMIT) {
         throw new FrameError('FRAME_PFN_RANGE', `${where}: record ${r} at byte ${recordStart}: pfn ${pfn} is not below 2^48`);
       }
-      if (trial ? this.scratchPfns.has(pfn) : st.index.has(pfn)) {
+      // The pfn goes to other functions as two int32 halves, never boxed.
+      const low = pfnLow(pfn);
+      const high = pfnHigh(pfn);
+      if (trial ? this.scratchPfns.has(pfn) : st.index.hasParts(low, high)) {
         throw new FrameError('FRAME_DUPLICATE_PFN', `${where}: record ${r} at byte ${recordStart}: pfn ${pfn} already has a record in this epoch`);
       }
       const slot = slots === null ? st.nextSlot : slots[r];
       if (trial ? slots !== null && this.scratchSlots.has(slot) : st.isFilled(slot)) {
         throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: index ${slot} of the epoch already has a record`);
       }
-      const dst = trial ? this.scratchPage : st.pages;
-      const dstOffset = trial ? 0 : slot * ps;
+      const dstOffset = trial ? this.scratchPage : st.pageOffset(slot);
       if (type === RECORD_ZERO) {
-        dst.fill(0, dstOffset, dstOffset + ps);
+        memory.fill(0, dstOffset, dstOffset + ps);
       } else {
         if (pos >= end) throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} at byte ${recordStart}: the payload ends before its body`);
         const kind = bytes[pos];
@@ -918,14 +1235,26 @@ export class Receiver {
         // Anything but FULL (0x80 under both codecs) is a delta against the
         // committed page, which is copied into staging first so the image
         // stays untouched.
-        if (kind !== FULL_PAGE && !this.image.read(pfn, dst, dstOffset)) {
-          throw new FrameError(
-            'FRAME_DELTA_WITHOUT_BASE',
-            `${where}: record ${r} at byte ${recordStart} is a delta for pfn ${pfn}, which the image does not hold`,
-          );
+        if (kind !== FULL_PAGE) {
+          const from = held === null ? -1 : held.offsetOf(low, high);
+          if (held === null ? !this.image.read(pfn, memory, dstOffset) : from < 0) {
+            throw new FrameError(
+              'FRAME_DELTA_WITHOUT_BASE',
+              `${where}: record ${r} at byte ${recordStart} is a delta for pfn ${pfn}, which the image does not hold`,
+            );
+          }
+          if (from >= 0) {
+            if (wasm !== null) wasm.copy(dstOffset, from, ps);
+            else memory.copyWithin(dstOffset, from, from + ps);
+          }
         }
         try {
-          pos = xbzrle ? decodeXbzrleBody(bytes, pos, end, dst, dstOffset, ps) : decodeRemusPage(bytes, pos, end, dst, dstOffset, ps);
+          if (wasm !== null) {
+            const inEnd = inBase + end;
+            pos = (xbzrle ? wasm.decodeXbzrleBody(inBase + pos, inEnd, dstOffset, ps, inBase) : wasm.decodePage(inBase + pos, inEnd, dstOffset, ps, inBase)) - inBase;
+          } else {
+            pos = xbzrle ? decodeXbzrleBody(bytes, pos, end, memory, dstOffset, ps) : decodeRemusPage(bytes, pos, end, memory, dstOffset, ps);
+          }
         } catch (err) {
           if (err instanceof CodecError) {
             throw new FrameError('FRAME_BAD_RECORD', `${where}: record ${r} (pfn ${pfn}) at byte ${recordStart}: ${err.code}: ${err.message}`);
@@ -937,14 +1266,14 @@ export class Receiver {
         this.scratchPfns.add(pfn);
         if (slots !== null) this.scratchSlots.add(slot);
       } else {
-        st.add(pfn, slot);
+        st.add(low, high, slot);
       }
     }
     return pos;
   }
 
-  /** The LAST frame is staged: check the epoch's count and digest, then write it to the image. */
-  private commitStaged(h: FrameHeader): void {
+  /** The LAST frame is staged: check the epoch's count and digest (a mismatch discards the staged epoch). */
+  private verifyStaged(h: FrameHeader): void {
     const st = this.staging;
     if (h.epochPageCount !== st.count) {
       const message = `epoch ${h.epoch}: epochPageCount ${h.epochPageCount} at byte ${FRAME_FIELD.epochPageCount}, but its frames 0..${h.sequence} hold ${st.count} records; the staged epoch is discarded`;
@@ -964,8 +1293,28 @@ export class Receiver {
         `epoch ${h.epoch}: epochDigest at byte ${FRAME_FIELD.epochDigest} is ${Buffer.from(h.epochDigest).toString('hex')}, the staged pages hash to ${digest.toString('hex')}; the staged epoch is discarded`,
       );
     }
+  }
+
+  /** Write the verified staged epoch to the image (room made) and commit it. */
+  private writeStaged(h: FrameHeader): void {
+    const st = this.staging;
+    const ps = this.pageSize;
     if (st.resync) this.image.clear();
-    for (let i = 0; i < st.count; i++) this.image.write(st.pfns[i], st.pages, i * this.pageSize);
+    const held = this.memImage;
+    if (held !== null) {
+      // makeRoom gave the image its chunks: no slot here grows the memory.
+      const wasm = this.wasm;
+      for (let i = 0; i < st.count; i++) {
+        const pfn = st.pfns[i];
+        const to = held.offsetForWrite(pfnLow(pfn), pfnHigh(pfn));
+        const from = st.pageOffset(i);
+        if (wasm !== null) wasm.copy(to, from, ps);
+        else this.arena.bytes.copyWithin(to, from, from + ps);
+      }
+    } else {
+      const memory = this.arena.bytes;
+      for (let i = 0; i < st.count; i++) this.image.write(st.pfns[i], memory, st.pageOffset(i));
+    }
     this.image.commit?.(h.epoch);
     this.committed = h.epoch;
     st.reset();

@@ -276,9 +276,19 @@ export interface OpenChunk {
  */
 export class ChunkReader {
   private readonly dctx = new zstd.DCtx();
-  private readonly scratch = new Uint8Array(MAX_CHUNK_RAW_BYTES);
+  private readonly scratch: Uint8Array;
   /** The request-order indices of the last chunk open() read, in [0, its records). */
   readonly indices = new Int32Array(MAX_CHUNK_RECORDS);
+
+  /**
+   * `scratch` (at least MAX_CHUNK_RAW_BYTES bytes; default a new array) is
+   * where compressed chunks are decompressed: the receiver passes a region
+   * of its wasm memory, so that its kernel decodes the records in place.
+   */
+  constructor(scratch: Uint8Array = new Uint8Array(MAX_CHUNK_RAW_BYTES)) {
+    if (scratch.length < MAX_CHUNK_RAW_BYTES) throw new RangeError(`ChunkReader: scratch of ${scratch.length} bytes, needs ${MAX_CHUNK_RAW_BYTES}`);
+    this.scratch = scratch;
+  }
 
   /**
    * Read the chunk record at input[pos] (its type byte) up to `end`: its

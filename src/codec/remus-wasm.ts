@@ -3,9 +3,11 @@
  * over a shared memory: same bytes, same cache updates, same decode checks
  * and CodecError codes, several times faster where pages change sparsely.
  * The same module has QEMU's XBZRLE encoder (src/codec/xbzrle.ts
- * encodeXbzrleBody), byte for byte. The kernel's source is assembly/remus.ts
- * and assembly/xbzrle.ts (AssemblyScript); `npm run build` compiles them
- * into dist/wasm/kernel.wasm (`npm run build:wasm` alone).
+ * encodeXbzrleBody), byte for byte, and its decoder (decodeXbzrleBody, same
+ * checks and CodecErrors), which the receiver uses. The kernel's source is
+ * assembly/remus.ts and assembly/xbzrle.ts (AssemblyScript); `npm run
+ * build` compiles them into dist/wasm/kernel.wasm (`npm run build:wasm`
+ * alone).
  *
  * Use, once per thread:
  *
@@ -73,6 +75,8 @@ interface KernelExports {
   fillBytes(dst: number, value: number, n: number): void;
   decodePage(pos: number, end: number, page: number, pageSize: number): number;
   errorInfo(field: number): number;
+  xbzrleDecodeBody(pos: number, end: number, page: number, pageSize: number): number;
+  xbzrleErrorInfo(field: number): number;
   xbzrleEncode(cur: number, old: number, pageSize: number, out: number, limit: number): number;
   xbzrleEncodeBody(cur: number, old: number, pageSize: number, out: number, limit: number, reserved: number): number;
 }
@@ -198,17 +202,39 @@ export class RemusWasmKernel {
    * at inEnd) to the page at pageOff; returns the offset after the record.
    * Throws the CodecError decodeRemusPage would (REMUS_TRUNCATED,
    * REMUS_ZERO_RUN, REMUS_RUN_PAST_END, same message), its offset a byte
-   * offset in the memory. Never writes outside the page; runs before a bad
-   * one have been applied.
+   * offset in the memory less `base` (a caller whose input array starts at
+   * `base` gets the offset decodeRemusPage would give). Never writes outside
+   * the page; runs before a bad one have been applied.
    */
-  decodePage(inOff: number, inEnd: number, pageOff: number, pageSize: number): number {
+  decodePage(inOff: number, inEnd: number, pageOff: number, pageSize: number, base = 0): number {
     if (!(inOff >= 0 && Number.isInteger(inOff) && this.inside(0, inEnd))) {
       throw new RangeError(`decodePage: input range [${inOff}, ${inEnd}) outside the memory`);
     }
     this.checkPageSize('decodePage', pageSize);
     if (!this.inside(pageOff, pageSize)) throw new RangeError(`decodePage: page [${pageOff}, ${pageOff + pageSize}) outside the memory`);
     const r = this.x.decodePage(inOff, inEnd, pageOff, pageSize);
-    if (r < 0 && r >= ERR_RUN_PAST_END) throw this.decodeError(r);
+    if (r < 0 && r >= ERR_RUN_PAST_END) throw this.decodeError(r, base);
+    return r >>> 0;
+  }
+
+  /**
+   * decodeXbzrleBody (src/codec/xbzrle.ts): apply the codec-2 record body
+   * starting at inOff (readable input ends at inEnd) to the page at pageOff,
+   * which holds the old page unless the kind is FULL; returns the offset
+   * after the body. Throws the CodecError decodeXbzrleBody would (same code,
+   * same message), its offset a byte offset in the memory less `base`, as
+   * decodePage. Never writes outside the page; runs before a bad one have
+   * been applied. The input and the page must not overlap.
+   */
+  decodeXbzrleBody(inOff: number, inEnd: number, pageOff: number, pageSize: number, base = 0): number {
+    if (!(inOff >= 0 && Number.isInteger(inOff) && this.inside(0, inEnd))) {
+      throw new RangeError(`decodeXbzrleBody: input range [${inOff}, ${inEnd}) outside the memory`);
+    }
+    if (!(pageSize >= 1 && pageSize <= 0x7fff_ffff && Number.isInteger(pageSize)) || !this.inside(pageOff, pageSize)) {
+      throw new RangeError(`decodeXbzrleBody: page [${pageOff}, ${pageOff + pageSize}) outside the memory`);
+    }
+    const r = this.x.xbzrleDecodeBody(inOff, inEnd, pageOff, pageSize);
+    if (r === -1) throw xbzrleDecodeError(this.x, pageSize, base);
     return r >>> 0;
   }
 
@@ -251,10 +277,10 @@ export class RemusWasmKernel {
   }
 
   /** The CodecError of the last failed decodePage, message as decodeRemusPage words it. */
-  private decodeError(code: number): CodecError {
+  private decodeError(code: number, base: number): CodecError {
     const info = this.x;
     const where = info.errorInfo(0);
-    const offset = info.errorInfo(1);
+    const offset = (info.errorInfo(1) >>> 0) - base;
     const word = info.errorInfo(2);
     const a = info.errorInfo(3);
     const b = info.errorInfo(4);
@@ -283,6 +309,61 @@ function truncated(what: string, offset: number, need: number, have: number): Co
     `input ends inside ${what}: needs ${need} byte${need === 1 ? '' : 's'}, ${have} left`,
     offset,
   );
+}
+
+/**
+ * The CodecError of the last failed xbzrleDecodeBody, worded as
+ * src/codec/xbzrle.ts words each check (assembly/xbzrle.ts X_ numbers them).
+ */
+function xbzrleDecodeError(x: KernelExports, pageSize: number, base: number): CodecError {
+  const where = x.xbzrleErrorInfo(0);
+  const offset = x.xbzrleErrorInfo(1) - base;
+  const d = x.xbzrleErrorInfo(2);
+  const value = x.xbzrleErrorInfo(3);
+  const extra = x.xbzrleErrorInfo(4);
+  const truncatedInside = (what: string): CodecError => new CodecError('XBZRLE_TRUNCATED', `input ends inside ${what}`, offset);
+  const overPage = (run: string): CodecError =>
+    new CodecError('XBZRLE_BAD_LENGTH', `${run} run length ${value} at page byte ${d} is over the page size ${pageSize}`, offset);
+  const pastEnd = (run: string): CodecError =>
+    new CodecError('XBZRLE_RUN_PAST_END', `${run} run of ${value} bytes at page byte ${d} passes the page end (${pageSize} bytes)`, offset);
+  switch (where) {
+    case 1:
+      return truncatedInside('the record kind');
+    case 2:
+      return new CodecError('XBZRLE_TRUNCATED', `input ends inside a FULL page: needs ${pageSize} bytes, ${extra} left`, offset);
+    case 3:
+      return new CodecError('XBZRLE_BAD_KIND', `record kind 0x${extra.toString(16)}: expected 0x00 (unchanged), 0x01 (delta) or 0x80 (FULL)`, offset);
+    case 4:
+      return truncatedInside('the delta length');
+    case 5: {
+      const maxBytes = xbzrleLengthBytes(pageSize);
+      return new CodecError('XBZRLE_BAD_LENGTH', `ULEB128 length longer than ${maxBytes} bytes, more than a ${pageSize}-byte page needs`, offset);
+    }
+    case 6:
+      return new CodecError('XBZRLE_BAD_LENGTH', `delta length ${value}: must be from 1 to the page size ${pageSize}`, offset);
+    case 7:
+      return new CodecError('XBZRLE_TRUNCATED', `input ends inside a ${value}-byte delta: ${extra} left`, offset);
+    case 8:
+      return truncatedInside(`the zero-run length at page byte ${d}`);
+    case 9:
+      return overPage('zero');
+    case 10:
+      return new CodecError('XBZRLE_BAD_LENGTH', `zero-length zero run at page byte ${d}: only the first zero run may be empty`, offset);
+    case 11:
+      return pastEnd('zero');
+    case 12:
+      return new CodecError('XBZRLE_TRUNCATED', `input ends after a zero run at page byte ${d}: a non-zero run must follow`, offset);
+    case 13:
+      return truncatedInside(`the non-zero-run length at page byte ${d}`);
+    case 14:
+      return overPage('non-zero');
+    case 15:
+      return new CodecError('XBZRLE_BAD_LENGTH', `zero-length non-zero run at page byte ${d}`, offset);
+    case 16:
+      return pastEnd('non-zero');
+    default:
+      return new CodecError('XBZRLE_TRUNCATED', `input ends inside a non-zero run of ${value} bytes at page byte ${d}: ${extra} left`, offset);
+  }
 }
 
 /** The kernel over `memory` (shared) in this thread. */

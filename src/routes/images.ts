@@ -7,7 +7,20 @@ import { FRAMES_CONTENT_TYPE } from '../content-types.js';
 import { DIGEST_ALGORITHM } from '../digest.js';
 import { FrameError, ServiceError } from '../errors.js';
 import { FrameSplitter } from '../frames.js';
-import { DEFAULT_MAX_EPOCH_BYTES, FileImage, INDEX_SUFFIX, MemoryImage, Receiver, type AbortReport, type ImageStore } from '../receiver.js';
+import {
+  DEFAULT_MAX_EPOCH_BYTES,
+  DEFAULT_RECEIVER_KERNEL,
+  FileImage,
+  INDEX_SUFFIX,
+  MAX_RECEIVER_EPOCH_BYTES,
+  MemoryImage,
+  Receiver,
+  RECEIVER_KERNELS,
+  isReceiverKernel,
+  type AbortReport,
+  type ImageStore,
+  type ReceiverKernel,
+} from '../receiver.js';
 import { FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_PAGE_SHIFT, PFN_LIMIT, pageShiftOf } from '../wire.js';
 import { errorSchema } from './schemas.js';
 
@@ -18,6 +31,8 @@ export interface ImageRoutesOptions {
   maxEpochBytes?: number;
   /** Images open at once (default DEFAULT_MAX_IMAGES). */
   maxImages?: number;
+  /** The receivers' decoders: the wasm kernel (default) or the portable TypeScript codecs (ReceiverOptions.kernel). */
+  kernel?: ReceiverKernel;
 }
 
 export const DEFAULT_MAX_IMAGES = 64;
@@ -83,6 +98,7 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
   const maxFrameBytes = options.maxFrameBytes ?? MAX_FRAME_BYTES;
   const maxEpochBytes = options.maxEpochBytes ?? DEFAULT_MAX_EPOCH_BYTES;
   const maxImages = options.maxImages ?? DEFAULT_MAX_IMAGES;
+  const kernel = options.kernel ?? DEFAULT_RECEIVER_KERNEL;
   // Checked here, so that a bad setting stops the service at start rather
   // than failing every image creation.
   if (!Number.isInteger(maxFrameBytes) || maxFrameBytes <= FRAME_HEADER_BYTES || maxFrameBytes > MAX_FRAME_BYTES) {
@@ -91,6 +107,10 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
   if (!Number.isInteger(maxEpochBytes) || maxEpochBytes < MIN_EPOCH_BYTES) {
     throw new RangeError(`imageRoutes: maxEpochBytes ${maxEpochBytes} is below one ${MIN_EPOCH_BYTES}-byte page`);
   }
+  if (maxEpochBytes > MAX_RECEIVER_EPOCH_BYTES) {
+    throw new RangeError(`imageRoutes: maxEpochBytes ${maxEpochBytes} is over ${MAX_RECEIVER_EPOCH_BYTES}: a receiver stages an epoch in its 4 GiB wasm32 memory`);
+  }
+  if (!isReceiverKernel(kernel)) throw new RangeError(`imageRoutes: kernel ${JSON.stringify(kernel)} is not one of ${RECEIVER_KERNELS.join(', ')}`);
   const sessions = new Map<string, ImageSession>();
 
   // The body stays a stream: frames are applied as they arrive, so a body of
@@ -171,7 +191,7 @@ export const imageRoutes: FastifyPluginAsync<ImageRoutesOptions> = async (app, o
       if (pageShiftOf(pageSize) < 0) throw new ServiceError('IMAGE_BAD_PAGE_SIZE', `pageSize ${pageSize} is not a power of two in 512..65536`);
       if (sessions.size >= maxImages) throw new ServiceError('IMAGE_LIMIT_REACHED', `${maxImages} images are open; delete one first`, 409);
       const { store, filePath } = openStore(pageSize, request.body?.file);
-      const receiver = new Receiver({ pageSize, image: store, maxFrameBytes, maxEpochBytes });
+      const receiver = new Receiver({ pageSize, image: store, maxFrameBytes, maxEpochBytes, kernel });
       const session: ImageSession = { id: randomUUID(), receiver, file: filePath, busy: false, closed: false };
       sessions.set(session.id, session);
       reply.code(201);
