@@ -2,6 +2,9 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { MAX_CHUNK_RECORDS } from '../src/codec/chunk.js';
+import { minFrameBytes } from '../src/frames.js';
 import { hashImage } from '../src/digest.js';
 import type { FrameSink } from '../src/merge.js';
 import { packageRoot } from '../src/package-root.js';
@@ -12,6 +15,7 @@ import { generateTrace } from '../src/trace-gen.js';
 import { encodeEpochRecord, encodeTraceHeader, parseTrace, readTrace, TraceImage, type TraceEpoch } from '../src/trace.js';
 import { CODEC_NAMES, type CodecName } from '../src/wire.js';
 import type { KernelChoice } from '../workers/protocol.js';
+import { CACHE_POLICIES, type CachePolicyName } from '../workers/cache-policy.js';
 
 /**
  * The workers' two page-codec paths against each other: the WebAssembly
@@ -45,10 +49,19 @@ async function* once(record: Uint8Array): AsyncGenerator<Uint8Array> {
   yield record;
 }
 
+/** Stream settings besides codec, partitions, page size and cache budget. */
+interface RunOptions {
+  frameBytes?: number;
+  cachePolicy?: CachePolicyName;
+}
+
 /** Send `epochs` through a new stream of the `kernel` sender; apply the frames to a fresh receiver. */
-async function run(kernel: KernelChoice, codec: CodecName, partitions: number, epochs: Iterable<TraceEpoch> | AsyncIterable<TraceEpoch>, pageSize: number, cacheBytes: number): Promise<Run> {
+async function run(
+  kernel: KernelChoice, codec: CodecName, partitions: number, epochs: Iterable<TraceEpoch> | AsyncIterable<TraceEpoch>, pageSize: number, cacheBytes: number,
+  options: RunOptions = {},
+): Promise<Run> {
   const sender = senders.get(kernel) as Sender;
-  const stream = sender.create({ workers: partitions, codec, cacheBytes, pageSize, frameBytes: 256 * 1024 });
+  const stream = sender.create({ workers: partitions, codec, cacheBytes, pageSize, frameBytes: options.frameBytes ?? 256 * 1024, cachePolicy: options.cachePolicy });
   expect(stream.kernel).toBe(kernel);
   const rx = new Receiver({ pageSize, image: new MemoryImage(pageSize) });
   const frames: Buffer[] = [];
@@ -143,6 +156,95 @@ describe('wasm kernel and TypeScript codecs send the same frames', () => {
       expect(wasm.stats.cacheHits).toBeGreaterThan(0);
     }
   });
+
+  // With a cache far smaller than a task, slots change owner again and
+  // again within one task (a hit's slot may go to a later miss of the same
+  // task), and with no budget every page is a miss without a slot: the
+  // kernel's cache copies and fills must land in the same slots as the
+  // TypeScript path's.
+  for (const cachePages of [0, 3, 40]) {
+    it(`a ${cachePages}-page cache for 2 partitions: evictions within every task, every codec, both policies`, async () => {
+      const trace = parseTrace(generateTrace({ seed: 11, epochs: 8, pages: 600, profile: 'mixed', dirtyFraction: 0.4 }));
+      const digest = oracleDigest(trace.epochs, trace.pageSize);
+      for (const codec of CODEC_NAMES) {
+        for (const cachePolicy of CACHE_POLICIES) {
+          const wasm = await run('wasm', codec, 2, trace.epochs, trace.pageSize, cachePages * trace.pageSize, { cachePolicy });
+          const js = await run('js', codec, 2, trace.epochs, trace.pageSize, cachePages * trace.pageSize, { cachePolicy });
+          expectSame(wasm, js, digest);
+          expect(wasm.stats.zeroPages).toBeGreaterThan(0);
+          expect(wasm.stats.rawPages).toBeGreaterThan(0);
+          if (cachePages === 0) expect(wasm.stats.cacheHits).toBe(0);
+          else expect(wasm.stats.cacheMisses).toBeGreaterThan(600 + cachePages);
+          if (cachePages === 40) expect(wasm.stats.cacheHits).toBeGreaterThan(0);
+        }
+      }
+    });
+  }
+
+  // Codec 3 closes a chunk when the next worst-case record might not fit
+  // (the frame size bounds a chunk) or at MAX_CHUNK_RECORDS records; both
+  // paths must close it at the very same pages.
+  it('remus-zstd with frames of one to a few worst-case records: chunk boundaries at every few pages', async () => {
+    const trace = parseTrace(generateTrace({ seed: 12, epochs: 6, pages: 400, profile: 'mixed', dirtyFraction: 0.5 }));
+    const digest = oracleDigest(trace.epochs, trace.pageSize);
+    const smallest = minFrameBytes(trace.pageSize);
+    for (const frameBytes of [smallest, smallest + 100, 3 * smallest + 17]) {
+      for (const partitions of [1, 2]) {
+        const wasm = await run('wasm', 'remus-zstd', partitions, trace.epochs, trace.pageSize, 64 * trace.pageSize, { frameBytes });
+        const js = await run('js', 'remus-zstd', partitions, trace.epochs, trace.pageSize, 64 * trace.pageSize, { frameBytes });
+        expectSame(wasm, js, digest);
+      }
+    }
+  });
+
+  it(`remus-zstd, 512-byte pages: a task of 8192 small records makes chunks of ${MAX_CHUNK_RECORDS} records`, async () => {
+    const pageSize = 512;
+    const count = 8192;
+    const pfns = Float64Array.from({ length: count }, (_, i) => i);
+    const image = new Uint8Array(count * pageSize);
+    for (let i = 0; i < count; i += 2) image[i * pageSize + (i % pageSize)] = 1 + (i & 0x7f);
+    // Epoch 0 sends every page; epoch 1 the same pages unchanged or zero: 3- and 4-byte records.
+    const records = [encodeTraceHeader(pageSize), encodeEpochRecord(0, pfns, new Uint8Array(count), image, pageSize)];
+    const next = image.slice();
+    for (let i = 0; i < count; i += 3) next.fill(0, i * pageSize, (i + 1) * pageSize);
+    records.push(encodeEpochRecord(1, pfns, new Uint8Array(count), next, pageSize));
+    const { epochs } = parseTrace(Buffer.concat(records));
+    const wasm = await run('wasm', 'remus-zstd', 1, epochs, pageSize, count * pageSize);
+    const js = await run('js', 'remus-zstd', 1, epochs, pageSize, count * pageSize);
+    expectSame(wasm, js, oracleDigest(epochs, pageSize));
+    expect(wasm.stats.unchangedPages + wasm.stats.zeroPages).toBeGreaterThan(2 * MAX_CHUNK_RECORDS);
+  });
+
+  it('random small traces, settings and frame sizes: the same frames from both kernels (fast-check)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({
+          seed: fc.integer(),
+          epochs: fc.integer({ min: 1, max: 5 }),
+          pages: fc.integer({ min: 1, max: 200 }),
+          pageSize: fc.constantFrom(512, 4096),
+          profile: fc.constantFrom('mixed' as const, 'sparse' as const, 'rewrite' as const, 'zeros' as const),
+          dirtyFraction: fc.double({ min: 0.05, max: 1, noNaN: true }),
+          rawFraction: fc.constantFrom(0, 0.01, 0.2),
+          cachePages: fc.integer({ min: 0, max: 120 }),
+          partitions: fc.integer({ min: 1, max: 2 }),
+          codec: fc.constantFrom(...CODEC_NAMES),
+          cachePolicy: fc.constantFrom(...CACHE_POLICIES),
+          /** Frame size above the smallest allowed: small ones cut codec 3's chunks often. */
+          frameExtra: fc.oneof(fc.integer({ min: 0, max: 20_000 }), fc.constant(256 * 1024)),
+        }),
+        async (c) => {
+          const { pageSize, epochs } = parseTrace(generateTrace(c));
+          const frameBytes = minFrameBytes(pageSize) + c.frameExtra;
+          const options = { frameBytes, cachePolicy: c.cachePolicy };
+          const wasm = await run('wasm', c.codec, c.partitions, epochs, pageSize, c.cachePages * pageSize, options);
+          const js = await run('js', c.codec, c.partitions, epochs, pageSize, c.cachePages * pageSize, options);
+          expectSame(wasm, js, oracleDigest(epochs, pageSize));
+        },
+      ),
+      { numRuns: 100 },
+    );
+  }, 120_000);
 
   const havePython = existsSync(PYTHON_TRACE);
   for (const codec of CODEC_NAMES) {
