@@ -5,6 +5,8 @@ import { MemoryImage, Receiver } from '../src/receiver.js';
 import { Sender } from '../src/sender.js';
 import { encodeEpochRecord } from '../src/trace.js';
 import { CACHE_POLICIES, FrequencySketch, LruSlots, TinyLfuSlots, createSlotPolicy, type CachePolicyName, type SlotPolicy } from '../workers/cache-policy.js';
+import { xorshift32 } from '../bench/xorshift.js';
+import { createOraclePolicy } from './cache-policy-oracle.js';
 
 type Op = { kind: 'use'; pfn: number } | { kind: 'remove'; pfn: number };
 
@@ -140,6 +142,143 @@ describe('slot policies', () => {
     expect(policy.lookup(7)).toBe(-1);
     expect(policy.size).toBe(1);
   });
+});
+
+/**
+ * The typed-array policies against the lru-cache ones they replaced
+ * (test/cache-policy-oracle.ts): the same answer to every call and the same
+ * size after it. `access` is the encoder's sequence (lookup, insert on a
+ * miss); `lookup` and `insert` also come alone. An insert is of an uncached
+ * pfn only (SlotPolicy's precondition, which every caller keeps), so the
+ * test follows which pfns are cached from the answers: an insert returning
+ * slot s evicts s's previous page and no other.
+ */
+type DiffOp = { kind: 'access' | 'lookup' | 'insert' | 'remove'; pfn: number };
+interface DiffStats { hits: number; evictions: number; removals: number }
+
+function compareWithOracle(name: CachePolicyName, slotCount: number, ops: Iterable<DiffOp>): DiffStats {
+  const ours = createSlotPolicy(name, slotCount);
+  const oracle = createOraclePolicy(name, slotCount);
+  const slotOf = new Map<number, number>();
+  const owner = new Map<number, number>();
+  const stats: DiffStats = { hits: 0, evictions: 0, removals: 0 };
+  let step = 0;
+  const same = (what: string, got: number, expected: number): void => {
+    // Plain compares: expect() on every one of 10^6 answers would dominate the run.
+    if (got !== expected) expect.fail(`${name}, ${slotCount} slots, op ${step} (${what}): ${got}, the oracle ${expected}`);
+  };
+  const lookup = (pfn: number): number => {
+    const slot = ours.lookup(pfn);
+    same(`lookup ${pfn}`, slot, oracle.lookup(pfn));
+    if (slot >= 0) stats.hits++;
+    return slot;
+  };
+  const insert = (pfn: number): void => {
+    const slot = ours.insert(pfn);
+    same(`insert ${pfn}`, slot, oracle.insert(pfn));
+    if (slot < 0) return;
+    const evicted = owner.get(slot);
+    if (evicted !== undefined) {
+      slotOf.delete(evicted);
+      stats.evictions++;
+    }
+    owner.set(slot, pfn);
+    slotOf.set(pfn, slot);
+  };
+  for (const op of ops) {
+    if (op.kind === 'remove') {
+      ours.remove(op.pfn);
+      oracle.remove(op.pfn);
+      const slot = slotOf.get(op.pfn);
+      if (slot !== undefined) {
+        owner.delete(slot);
+        slotOf.delete(op.pfn);
+        stats.removals++;
+      }
+    } else if (op.kind === 'lookup') {
+      lookup(op.pfn);
+    } else if (op.kind === 'insert') {
+      if (!slotOf.has(op.pfn)) insert(op.pfn);
+    } else if (lookup(op.pfn) < 0) {
+      insert(op.pfn);
+    }
+    same('size', ours.size, oracle.size);
+    same('size of the pages followed', ours.size, slotOf.size);
+    step++;
+  }
+  // What both hold at the end, looked up (and so reordered) in one order.
+  for (const pfn of [...slotOf.keys()]) lookup(pfn);
+  return stats;
+}
+
+const PFN_MAX = 2 ** 48 - 1;
+/** Pfns where a hash or a split into 32-bit halves could go wrong. */
+const EDGE_PFNS = [0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 40 + 5, 5 * 2 ** 32 + 5, PFN_MAX, PFN_MAX - 1];
+
+const diffPfnArb = fc.oneof(
+  { weight: 4, arbitrary: fc.integer({ min: 0, max: 63 }) },
+  { weight: 2, arbitrary: fc.constantFrom(...EDGE_PFNS) },
+  // Equal low halves, different high ones.
+  { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 3 })).map(([low, high]) => high * 2 ** 32 + low) },
+  { weight: 1, arbitrary: fc.integer({ min: 0, max: PFN_MAX }) },
+);
+const diffOpArb = fc.record({ kind: fc.constantFrom<DiffOp['kind']>('access', 'access', 'access', 'lookup', 'insert', 'remove'), pfn: diffPfnArb });
+
+/**
+ * A long stream for a large cache, as a checkpoint stream makes it: a
+ * working set of `span` pfns at 1..4 bases (0, across 2^32, 2^45, near 2^48),
+ * a hot share used most of the time, scans of fresh pfns (an epoch 0, new
+ * buffers), and now and then a raw page's remove or a lone lookup or insert.
+ */
+function* longStream(seed: number, slotCount: number, spanFactor: number, length: number): Generator<DiffOp> {
+  const next = xorshift32(seed);
+  const span = Math.max(1, Math.round(slotCount * spanFactor));
+  const hot = Math.max(1, span >>> 3);
+  const bases = [0, 2 ** 32 - (span >>> 1), 2 ** 45 + 12_345, PFN_MAX - span].slice(0, 1 + (seed & 3));
+  let fresh = 2 ** 47;
+  for (let n = 0; n < length; ) {
+    const roll = next() % 100;
+    if (roll < 2) {
+      // A scan: up to a tenth of the cache of pfns never seen before.
+      const scan = 1 + (next() % Math.max(1, slotCount >>> 3));
+      for (let i = 0; i < scan && n < length; i++, n++) yield { kind: 'access', pfn: fresh++ };
+      continue;
+    }
+    const base = bases[next() % bases.length];
+    const pfn = base + (roll < 60 ? next() % hot : next() % span);
+    const kind: DiffOp['kind'] = roll < 93 ? 'access' : roll < 96 ? 'remove' : roll < 98 ? 'lookup' : 'insert';
+    yield { kind, pfn };
+    n++;
+  }
+}
+
+describe('slot policies equal their lru-cache originals, call for call', () => {
+  for (const name of CACHE_POLICIES) {
+    it(`${name}: no budget, tiny and small caches, random pfns up to 2^48`, () => {
+      const slotsArb = fc.oneof(fc.constantFrom(0, 1, 2, 3), fc.integer({ min: 4, max: 40 }), fc.integer({ min: 41, max: 300 }));
+      fc.assert(
+        // size 'max': fast-check's default size would keep arrays near 10 ops.
+        fc.property(slotsArb, fc.array(diffOpArb, { maxLength: 3_000, size: 'max' }), (slots, ops) => {
+          compareWithOracle(name, slots, ops);
+        }),
+        { numRuns: 400 },
+      );
+    });
+
+    it(`${name}: 1000+ slots, long streams with scans, removes and sketch ageing`, () => {
+      const slotsArb = fc.oneof(fc.constantFrom(1000, 1024, 4096), fc.integer({ min: 1000, max: 6000 }));
+      fc.assert(
+        fc.property(slotsArb, fc.integer({ min: 1, max: 0x7fff_ffff }), fc.double({ min: 0.5, max: 4, noNaN: true }), (slots, seed, spanFactor) => {
+          // 30 x slots ops: the sketch ages every 10 x slots lookups.
+          const stats = compareWithOracle(name, slots, longStream(seed, slots, spanFactor, 30 * slots));
+          expect(stats.hits).toBeGreaterThan(0);
+          expect(stats.evictions).toBeGreaterThan(0);
+          expect(stats.removals).toBeGreaterThan(0);
+        }),
+        { numRuns: 12 },
+      );
+    });
+  }
 });
 
 describe('FrequencySketch', () => {

@@ -1,4 +1,5 @@
-import { LRUCache } from 'lru-cache';
+import { SlotLists } from './slot-lists.js';
+import { SlotMap } from './slot-map.js';
 
 /**
  * Which cached page gives up its slot: the bookkeeping half of a cache
@@ -6,12 +7,25 @@ import { LRUCache } from 'lru-cache';
  * hand out slots 0..slotCount-1 from a free stack, so a miss never allocates
  * page memory, and both keep the invariant the stream relies on: a slot
  * changes owner only inside insert(), whose caller then fills it.
+ *
+ * Both run on flat typed arrays sized once for slotCount (a SlotMap from pfn
+ * to slot, SlotLists for recency, the free stack, the sketch), so a lookup,
+ * an insert or a remove allocates nothing: on lru-cache (a Map keyed by pfn,
+ * most pfns past V8's small integers) the bookkeeping took a fifth of the
+ * wasm encode path's time. Their decisions are exactly those of the
+ * lru-cache versions, kept in test/cache-policy-oracle.ts and compared op by
+ * op in test/cache-policy.test.ts: every hit, slot number, eviction and size
+ * (the wire sizes of issue #7 were measured with them).
  */
 export interface SlotPolicy {
   readonly size: number;
   /** The slot holding `pfn` (counted as a use), or -1. */
   lookup(pfn: number): number;
-  /** Give the uncached `pfn` a slot, evicting if full; -1 when the budget holds no page at all. */
+  /**
+   * Give the uncached `pfn` a slot, evicting if full; -1 when the budget
+   * holds no page at all. Precondition: `pfn` is not cached (the caller
+   * inserts after a lookup missed).
+   */
   insert(pfn: number): number;
   /** Forget `pfn`: its next record will be FULL. */
   remove(pfn: number): void;
@@ -28,7 +42,7 @@ export function createSlotPolicy(name: CachePolicyName, slotCount: number): Slot
   return name === 'lru' ? new LruSlots(slotCount) : new TinyLfuSlots(slotCount);
 }
 
-/** A stack of free slot numbers, all free at first. */
+/** A stack of free slot numbers, all free at first, slot 0 on top. */
 class FreeSlots {
   private readonly stack: Int32Array;
   private count: number;
@@ -52,138 +66,174 @@ class FreeSlots {
   }
 }
 
+/** LruSlots' one list. */
+const LRU = 0;
+
 /** The seed's policy: least recently used out. */
 export class LruSlots implements SlotPolicy {
-  private readonly lru: LRUCache<number, number> | null;
+  private readonly slotCount: number;
+  private readonly slots: SlotMap;
+  private readonly order: SlotLists;
   private readonly free: FreeSlots;
 
   constructor(slotCount: number) {
-    // lru-cache refuses max 0; a zero budget simply means every page misses.
-    this.lru = slotCount > 0 ? new LRUCache<number, number>({ max: slotCount }) : null;
+    this.slotCount = slotCount;
+    this.slots = new SlotMap(slotCount);
+    this.order = new SlotLists(slotCount, 1);
     this.free = new FreeSlots(slotCount);
   }
 
   get size(): number {
-    return this.lru === null ? 0 : this.lru.size;
+    return this.slots.size;
   }
 
   lookup(pfn: number): number {
-    if (this.lru === null) return -1;
-    const slot = this.lru.get(pfn);
-    return slot === undefined ? -1 : slot;
+    const slot = this.slots.get(pfn);
+    if (slot >= 0) this.order.touch(LRU, slot);
+    return slot;
   }
 
   insert(pfn: number): number {
-    if (this.lru === null) return -1;
-    // pop() evicts the LRU entry and hands back its slot for reuse.
-    const slot = this.free.available > 0 ? this.free.take() : (this.lru.pop() as number);
-    this.lru.set(pfn, slot);
+    // A zero budget simply means every page misses.
+    if (this.slotCount === 0) return -1;
+    let slot: number;
+    if (this.free.available > 0) {
+      slot = this.free.take();
+    } else {
+      // Full: the least recent page gives up its slot.
+      slot = this.order.oldest(LRU);
+      this.order.unlink(slot);
+      this.slots.deleteSlot(slot);
+    }
+    this.slots.add(pfn, slot);
+    this.order.pushNewest(LRU, slot);
     return slot;
   }
 
   remove(pfn: number): void {
-    if (this.lru === null) return;
-    const slot = this.lru.peek(pfn);
-    if (slot === undefined) return;
-    this.lru.delete(pfn);
+    const slot = this.slots.delete(pfn);
+    if (slot < 0) return;
+    this.order.unlink(slot);
     this.free.give(slot);
   }
 }
 
 /** Share of the slots in the admission window (Caffeine's default, and the best of 1% and 20% on the redis trace at 8 MiB). */
 const WINDOW_SHARE = 0.01;
+/** TinyLfuSlots' two lists, also what `segment` records of a slot. */
+const WINDOW = 0;
+const MAIN = 1;
 
 /**
  * W-TinyLFU (Einziger, Friedman, Manes 2017): new pages enter a small LRU
  * window; a page leaving the window enters the main LRU only if it has been
  * dirtied more often, recently, than the page the main LRU would evict
- * (counts kept in a FrequencySketch). Why: a checkpoint stream starts with
- * the whole image (epoch 0), and under plain LRU those once-seen pages push
- * out pages that are dirtied again and again whenever the dirty set
- * outgrows the cache. Measured on the redis trace (dirty epochs' hit rate):
- * 8 MiB 0.863 -> 0.892, 32 MiB 0.887 -> 0.992; python unchanged (0.998).
+ * (counts kept in a FrequencySketch, which only lookups feed). Why: a
+ * checkpoint stream starts with the whole image (epoch 0), and under plain
+ * LRU those once-seen pages push out pages that are dirtied again and again
+ * whenever the dirty set outgrows the cache. Measured on the redis trace
+ * (dirty epochs' hit rate): 8 MiB 0.863 -> 0.892, 32 MiB 0.887 -> 0.992;
+ * python unchanged (0.998).
  *
- * lru-cache cannot look at its least recent entry without removing it, so a
- * main victim that wins against the candidate goes back in as most recent:
- * the same hit rates in simulation (to the third decimal on redis).
+ * A main victim that wins against the candidate goes back in as most
+ * recent, not where it was: the lru-cache version could not look at its
+ * least recent entry without removing it, and the decisions must stay its
+ * own (the same hit rates in simulation anyway, to the third decimal on
+ * redis). One slot: the window alone; two: a window of one and a main of one.
  */
 export class TinyLfuSlots implements SlotPolicy {
-  private readonly window: LRUCache<number, number> | null;
-  private readonly main: LRUCache<number, number> | null;
   private readonly windowMax: number;
   private readonly mainMax: number;
+  private windowSize = 0;
+  private mainSize = 0;
+  private readonly slots: SlotMap;
+  private readonly lists: SlotLists;
+  /** WINDOW or MAIN: the list each cached slot is in. */
+  private readonly segment: Uint8Array;
   private readonly free: FreeSlots;
-  /** The pfn each slot holds, to name the entry lru-cache's pop() returns the slot of. */
-  private readonly slotPfn: Float64Array;
   private readonly sketch: FrequencySketch;
 
   constructor(slotCount: number) {
     this.windowMax = slotCount > 0 ? Math.max(1, Math.floor(slotCount * WINDOW_SHARE)) : 0;
     this.mainMax = slotCount - this.windowMax;
-    this.window = this.windowMax > 0 ? new LRUCache<number, number>({ max: this.windowMax }) : null;
-    this.main = this.mainMax > 0 ? new LRUCache<number, number>({ max: this.mainMax }) : null;
+    this.slots = new SlotMap(slotCount);
+    this.lists = new SlotLists(slotCount, 2);
+    this.segment = new Uint8Array(slotCount);
     this.free = new FreeSlots(slotCount);
-    this.slotPfn = new Float64Array(slotCount);
     this.sketch = new FrequencySketch(slotCount);
   }
 
   get size(): number {
-    return (this.window?.size ?? 0) + (this.main?.size ?? 0);
+    return this.windowSize + this.mainSize;
   }
 
   lookup(pfn: number): number {
-    if (this.window === null) return -1;
+    // No budget, no counting (nothing is ever admitted).
+    if (this.windowMax === 0) return -1;
     this.sketch.increment(pfn);
-    // Main first: it holds 99% of the pages, so most hits take one lookup.
-    const inMain = this.main?.get(pfn);
-    if (inMain !== undefined) return inMain;
-    const inWindow = this.window.get(pfn);
-    return inWindow === undefined ? -1 : inWindow;
-  }
-
-  insert(pfn: number): number {
-    const window = this.window;
-    if (window === null) return -1;
-    if (window.size === this.windowMax) this.admitOrDrop(window.pop() as number);
-    const slot = this.free.take();
-    this.slotPfn[slot] = pfn;
-    window.set(pfn, slot);
+    const slot = this.slots.get(pfn);
+    if (slot >= 0) this.lists.touch(this.segment[slot], slot);
     return slot;
   }
 
-  /** The window's least recent page `slot` moves to main, or gives up its slot. */
+  insert(pfn: number): number {
+    if (this.windowMax === 0) return -1;
+    if (this.windowSize === this.windowMax) {
+      const candidate = this.lists.oldest(WINDOW);
+      this.lists.unlink(candidate);
+      this.windowSize--;
+      this.admitOrDrop(candidate);
+    }
+    // Free: the window had room, or admitOrDrop freed one, or main had room.
+    const slot = this.free.take();
+    this.slots.add(pfn, slot);
+    this.enter(WINDOW, slot);
+    return slot;
+  }
+
+  /** The window's least recent page, in `slot` and out of the window, moves to main or gives up its slot. */
   private admitOrDrop(slot: number): void {
-    const main = this.main;
-    if (main === null) {
-      this.free.give(slot);
+    if (this.mainMax === 0) {
+      this.drop(slot);
       return;
     }
-    const candidate = this.slotPfn[slot];
-    if (main.size < this.mainMax) {
-      main.set(candidate, slot);
+    if (this.mainSize < this.mainMax) {
+      this.enter(MAIN, slot);
       return;
     }
-    const victimSlot = main.pop() as number;
-    const victim = this.slotPfn[victimSlot];
-    if (this.sketch.frequency(candidate) > this.sketch.frequency(victim)) {
-      main.set(candidate, slot);
-      this.free.give(victimSlot);
+    const victim = this.lists.oldest(MAIN);
+    if (this.sketch.frequency(this.slots.pfnOf(slot)) > this.sketch.frequency(this.slots.pfnOf(victim))) {
+      this.lists.unlink(victim);
+      this.mainSize--;
+      this.drop(victim);
+      this.enter(MAIN, slot);
     } else {
-      main.set(victim, victimSlot);
-      this.free.give(slot);
+      this.lists.touch(MAIN, victim);
+      this.drop(slot);
     }
+  }
+
+  /** Append `slot`, cached and in no list, as the most recent of `list`. */
+  private enter(list: number, slot: number): void {
+    this.lists.pushNewest(list, slot);
+    this.segment[slot] = list;
+    if (list === WINDOW) this.windowSize++;
+    else this.mainSize++;
+  }
+
+  /** Uncache the page of `slot`, already out of its list, and free the slot. */
+  private drop(slot: number): void {
+    this.slots.deleteSlot(slot);
+    this.free.give(slot);
   }
 
   remove(pfn: number): void {
-    if (!this.removeFrom(this.window, pfn)) this.removeFrom(this.main, pfn);
-  }
-
-  private removeFrom(segment: LRUCache<number, number> | null, pfn: number): boolean {
-    const slot = segment?.peek(pfn);
-    if (slot === undefined) return false;
-    (segment as LRUCache<number, number>).delete(pfn);
+    const slot = this.slots.delete(pfn);
+    if (slot < 0) return;
+    this.lists.unlink(slot);
+    if (this.segment[slot] === WINDOW) this.windowSize--;
+    else this.mainSize--;
     this.free.give(slot);
-    return true;
   }
 }
 
@@ -201,6 +251,8 @@ const COUNTERS_PER_SLOT = 16;
 const COUNTER_MAX = 15;
 /** After this many increments per cached page the counts halve, so old popularity fades. */
 const SAMPLE_FACTOR = 10;
+/** Clears, in a word shifted right by one, the bit each byte took from the byte above it. */
+const HALVE_MASK = 0x7f7f7f7f;
 
 /**
  * How often each pfn was used lately, approximately, in a fixed Uint8Array:
@@ -209,6 +261,8 @@ const SAMPLE_FACTOR = 10;
  */
 export class FrequencySketch {
   private readonly counters: Uint8Array;
+  /** The counters four at a time, for age(). */
+  private readonly counterWords: Uint32Array;
   private readonly mask: number;
   private readonly width: number;
   private readonly sampleSize: number;
@@ -218,6 +272,7 @@ export class FrequencySketch {
     this.width = 2 ** Math.max(4, Math.ceil(Math.log2(Math.max(slotCount * COUNTERS_PER_SLOT, 1))));
     this.mask = this.width - 1;
     this.counters = new Uint8Array(this.width * SKETCH_ROWS);
+    this.counterWords = new Uint32Array(this.counters.buffer);
     this.sampleSize = Math.max(SAMPLE_FACTOR * slotCount, 16);
   }
 
@@ -245,8 +300,12 @@ export class FrequencySketch {
     return least;
   }
 
+  // Every byte halved, a word at a time: the bit a byte shifts into its
+  // neighbour is masked off (a quarter of the iterations of a byte loop, on
+  // 512 KiB for a 32 MiB cache).
   private age(): void {
-    for (let i = 0; i < this.counters.length; i++) this.counters[i] >>>= 1;
+    const words = this.counterWords;
+    for (let i = 0; i < words.length; i++) words[i] = (words[i] >>> 1) & HALVE_MASK;
     this.additions = 0;
   }
 }
