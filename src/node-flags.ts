@@ -8,7 +8,7 @@
  * --max-semi-space-size=1: V8's young generation may otherwise grow to 16 MiB
  * a semi-space, committed twice over, in the main thread and in every worker,
  * for a heap whose live part is ~14 MiB; the service's own memory is in its
- * arena, outside the heap. Capped, the load bench's peak RSS is 21-42 MiB
- * lower at the same throughput (docs/PERFORMANCE.md, "Memory").
+ * arena, outside the heap. Capped, the load bench's peak RSS is 17-42 MiB
+ * lower (docs/PERFORMANCE.md, "Memory").
  */
 export const SERVICE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];
