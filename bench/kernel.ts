@@ -20,8 +20,8 @@
  *    the epoch records (copied in before any timing), the cache slots, the
  *    records and the decode image, as the service's workers will hold them.
  *    As 'xbzrle-wasm', the same with the kernel's XBZRLE encoder against
- *    'xbzrle' (decoded by the TypeScript decodeXbzrleBody: there is no wasm
- *    XBZRLE decoder).
+ *    'xbzrle' (decoded here by the TypeScript decodeXbzrleBody; the
+ *    receiver decodes with the kernel's, measured by bench/receiver.ts).
  *  - baselines, stateless, on every dirty page whole: zstd level 1 (libzstd
  *    via zstd-napi) and LZ4 (liblz4 via lz4), into and out of preallocated
  *    slabs; zlib deflate level 1 (node:zlib deflateRawSync / inflateRawSync:
