@@ -1,15 +1,16 @@
 /**
  * The receiver's page memory: one growable shared WebAssembly memory that
- * holds a receiver's staged pages, its memory image's pages, and its
- * scratch (a trial page, the codec 3 chunk scratch, a copy of the frame),
- * so that the wasm kernel (src/codec/remus-wasm.ts) decodes records straight
- * into staging and every page copy (committed page into staging, staged page
- * into the image) is one memmove inside the memory, with no view made per
- * page.
+ * holds a receiver's staged pages and its scratch (a trial page, the codec 3
+ * chunk scratch, a copy of the frame), so that the wasm kernel
+ * (src/codec/remus-wasm.ts) decodes records straight into staging. A memory
+ * image's pages are NOT here (they live in Buffer chunks in the process's
+ * memory, see MemoryImage in src/receiver.ts): a page moves between the image
+ * and the staging by one Buffer.copy (a memmove by offsets, through
+ * `buffer`), with no view made by the receiver per page.
  *
- * Regions are handed out by a bump allocator and never freed: staging and
- * image keep theirs for their life (a cleared image reuses its chunks, a
- * reset staging its blocks), so nothing fragments. The memory grows in
+ * Regions are handed out by a bump allocator and never freed: staging keeps
+ * its blocks for its life (a reset staging reuses them), so nothing
+ * fragments. The memory grows in
  * place (memory.grow, whole 64 KiB wasm pages) as regions are added;
  * offsets stay valid, only the whole-memory view (`bytes`) is re-taken.
  * wasm32 bounds it to 4 GiB: alloc() then answers -1 and the caller refuses
@@ -25,12 +26,14 @@ const REGION_ALIGN = 64;
 export class PageArena {
   readonly memory: KernelMemory;
   private view: Uint8Array;
+  private whole: Buffer;
   /** End of the last region handed out. */
   private top = 0;
 
   constructor() {
     this.memory = createKernelMemory(WASM_PAGE_BYTES, ARENA_MAX_BYTES);
     this.view = new Uint8Array(this.memory.buffer);
+    this.whole = Buffer.from(this.memory.buffer);
   }
 
   /**
@@ -40,6 +43,15 @@ export class PageArena {
    */
   get bytes(): Uint8Array {
     return this.view;
+  }
+
+  /**
+   * The whole memory as a Buffer, for Buffer.copy to and from a memory
+   * image's chunks (offsets, no view per page). Re-taken when the memory
+   * grows, as `bytes` is.
+   */
+  get buffer(): Buffer {
+    return this.whole;
   }
 
   /** Bytes handed out so far. */
@@ -67,6 +79,7 @@ export class PageArena {
         throw err;
       }
       this.view = new Uint8Array(this.memory.buffer);
+      this.whole = Buffer.from(this.memory.buffer);
     }
     this.top = end;
     return offset;

@@ -41,7 +41,7 @@ Options:
                            but /health (token: the file's first line, or REMUS_TOKEN)
   --max-frame-bytes N      largest frame accepted (default ${MAX_FRAME_BYTES})
   --max-epoch-bytes N      largest epoch staged, in page bytes (default ${DEFAULT_MAX_EPOCH_BYTES},
-                           at most ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch, and a memory image,
+                           at most ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch and scratch
                            live in one 4 GiB wasm32 memory per image)
   --kernel wasm|js         record decoders: wasm (default, the WebAssembly SIMD kernel)
                            or js (portable TypeScript); same images, same refusals

@@ -4,16 +4,18 @@
  * it is staged; an epoch reaches the image only when its LAST frame's count
  * and digest match what was staged.
  *
- * Page data lives in one shared WebAssembly memory per receiver (a
- * PageArena, src/page-arena.ts): the staged pages, a MemoryImage's pages,
- * the codec 3 chunk scratch, the trial page and (wasm kernel, codecs 1 and
- * 2) a copy of the frame being applied. The wasm kernel
- * (src/codec/remus-wasm.ts) decodes each record straight into its staging
- * slot; the committed page a delta applies to is copied into staging, and a
- * committed epoch's pages into the image, by one memmove inside that memory
- * each (the kernel's copy, or copyWithin with the portable 'js' kernel). A
- * FileImage's pages go through fs into and out of the same memory. Nothing
- * is allocated per page.
+ * The staged pages live in one shared WebAssembly memory per receiver (a
+ * PageArena, src/page-arena.ts), with the codec 3 chunk scratch, the trial
+ * page and (wasm kernel, codecs 1 and 2) a copy of the frame being applied.
+ * The wasm kernel (src/codec/remus-wasm.ts) decodes each record straight
+ * into its staging slot. A MemoryImage keeps its pages outside that memory,
+ * in Buffer chunks in the process's memory (so an image is bounded by the
+ * process's memory, not by wasm32's 4 GiB): the committed page a delta
+ * applies to is copied into staging, and a committed epoch's pages into the
+ * image, by one Buffer.copy each (a memmove by offsets, the same under both
+ * kernels; Node 20's Buffer.copy makes a short-lived view of the source
+ * inside, the receiver's code none). A FileImage's pages go through fs into
+ * and out of the arena.
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
@@ -49,16 +51,17 @@ import {
 /** Default bound on the page bytes one epoch may stage. */
 export const DEFAULT_MAX_EPOCH_BYTES = 1024 * 1024 * 1024;
 /**
- * The largest epoch bound a receiver takes: its staging, its scratch and a
- * MemoryImage's pages share one wasm32 memory of at most 4 GiB
- * (src/page-arena.ts), so 3 GiB of staging leaves about 1 GiB for the rest.
- * A memory image plus the staged epoch past 4 GiB is refused as
- * FRAME_MEMORY_FULL; file images keep their pages on disk.
+ * The largest epoch bound a receiver takes: its staging and its scratch
+ * (trial page, chunk scratch, frame copy) share one wasm32 memory of at most
+ * 4 GiB (src/page-arena.ts), so 3 GiB of staging leaves about 1 GiB for the
+ * rest; what does not fit is refused as FRAME_MEMORY_FULL. An image's pages
+ * are not in that memory (a MemoryImage keeps them in Buffer chunks, a
+ * FileImage on disk).
  */
 export const MAX_RECEIVER_EPOCH_BYTES = 3 * 1024 * 1024 * 1024;
 /** Staging starts this big (at least one 64-page digest group) and doubles on demand, so small epochs stay small. */
 const INITIAL_STAGING_BYTES = 1024 * 1024;
-/** MemoryImage allocates its pages in chunks of this size (a power of two: 256 pages or more). */
+/** MemoryImage allocates its pages in Buffer chunks of this size (a power of two: 256 pages or more). */
 const MEMORY_CHUNK_BYTES = 16 * 1024 * 1024;
 /** The frame copy of the wasm path starts this big and doubles up to maxFrameBytes. */
 const MIN_FRAME_COPY_BYTES = 64 * 1024;
@@ -171,16 +174,19 @@ abstract class SlotImage implements ImageStore {
 }
 
 /**
- * Pages in memory, in page slots grouped in fixed-size chunks of a
- * PageArena: a Receiver over this image stages its epochs in the same
- * arena, and reads and writes the pages by offset (offsetOf,
- * offsetForWrite) rather than through read() and write().
+ * Pages in memory, in page slots grouped in fixed-size Buffer chunks
+ * (MEMORY_CHUNK_BYTES each, allocated as the image grows) in the process's
+ * memory, outside any wasm memory (and the V8 heap): the image is bounded by the process's
+ * memory only. A Receiver over this image stages its epochs in the image's
+ * PageArena and moves pages between the arena and the chunks by one
+ * Buffer.copy each (copyPageTo, writePageFrom) rather than through read()
+ * and write(): offsets only, no view made here per page.
  */
 export class MemoryImage extends SlotImage {
-  /** The wasm memory the pages live in (one of its own unless given). */
+  /** The wasm memory a Receiver over this image stages in (one of its own unless given); the image's pages are not in it. */
   readonly arena: PageArena;
-  /** Arena offset of each chunk. */
-  private readonly chunks: number[] = [];
+  /** The page chunks, MEMORY_CHUNK_BYTES each. */
+  private readonly chunks: Buffer[] = [];
   private readonly pagesPerChunk: number;
   private readonly chunkShift: number;
 
@@ -192,19 +198,32 @@ export class MemoryImage extends SlotImage {
     this.chunkShift = Math.log2(this.pagesPerChunk);
   }
 
-  private slotOffset(slot: number): number {
-    return this.chunks[slot >>> this.chunkShift] + (slot & (this.pagesPerChunk - 1)) * this.pageSize;
+  /** Bytes held in page chunks (kept across clear()). */
+  get chunkBytes(): number {
+    return this.chunks.length * MEMORY_CHUNK_BYTES;
   }
 
-  /** Arena offset of the page of the pfn of halves (low, high) (src/pfn-table.ts), or -1 when the image lacks it. */
-  offsetOf(low: number, high: number): number {
+  /**
+   * Copy the page of the pfn of halves (low, high) (src/pfn-table.ts) into
+   * dst[dstOffset..+pageSize) (one memmove); false, dst untouched, when the
+   * image lacks it.
+   */
+  copyPageTo(low: number, high: number, dst: Buffer, dstOffset: number): boolean {
     const slot = this.slots.getParts(low, high);
-    return slot < 0 ? -1 : this.slotOffset(slot);
+    if (slot < 0) return false;
+    const at = (slot & (this.pagesPerChunk - 1)) * this.pageSize;
+    this.chunks[slot >>> this.chunkShift].copy(dst, dstOffset, at, at + this.pageSize);
+    return true;
   }
 
-  /** Arena offset of the page of the pfn of halves (low, high), a slot given to it when the image lacks it (after makeRoom, that never fails). */
-  offsetForWrite(low: number, high: number): number {
-    return this.slotOffset(this.slotFor(low, high));
+  /**
+   * Write src[srcOffset..+pageSize) as the page of the pfn of halves (low,
+   * high) (one memmove), a slot given to it when the image lacks it (after
+   * makeRoom, that never fails).
+   */
+  writePageFrom(low: number, high: number, src: Buffer, srcOffset: number): void {
+    const slot = this.slotFor(low, high);
+    src.copy(this.chunks[slot >>> this.chunkShift], (slot & (this.pagesPerChunk - 1)) * this.pageSize, srcOffset, srcOffset + this.pageSize);
   }
 
   /** has() of the pfn of halves (low, high). */
@@ -216,7 +235,8 @@ export class MemoryImage extends SlotImage {
    * Make room for `incoming` pages about to be written: replacing the image
    * (a RESYNC: clear() comes first) or added to it, `fresh()` of them pfns
    * the image lacks (asked only when the chunks in hand may not do). False
-   * when the arena cannot grow that far; chunks added on the way are kept.
+   * when the process cannot allocate that many chunks; chunks added on the
+   * way are kept.
    */
   makeRoom(incoming: number, replacing: boolean, fresh: () => number): boolean {
     const capacity = this.chunks.length * this.pagesPerChunk;
@@ -229,17 +249,29 @@ export class MemoryImage extends SlotImage {
     return true;
   }
 
+  /** One more chunk; false when the process cannot allocate it (a RangeError from the allocation). */
   private addChunk(): boolean {
-    const offset = this.arena.alloc(this.pagesPerChunk * this.pageSize);
-    if (offset < 0) return false;
-    this.chunks.push(offset);
+    let chunk: Buffer;
+    try {
+      chunk = this.allocateChunk(MEMORY_CHUNK_BYTES);
+    } catch (err) {
+      if (err instanceof RangeError) return false;
+      throw err;
+    }
+    this.chunks.push(chunk);
     return true;
   }
 
+  /** A zeroed chunk of `bytes` bytes (a seam for tests of a failed allocation). */
+  protected allocateChunk(bytes: number): Buffer {
+    return Buffer.alloc(bytes);
+  }
+
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
-    const offset = this.offsetOf(pfnLow(pfn), pfnHigh(pfn));
-    if (offset < 0) return false;
-    dst.set(this.arena.bytes.subarray(offset, offset + this.pageSize), dstOffset);
+    const slot = this.slots.get(pfn);
+    if (slot < 0) return false;
+    const at = (slot & (this.pagesPerChunk - 1)) * this.pageSize;
+    dst.set(this.chunks[slot >>> this.chunkShift].subarray(at, at + this.pageSize), dstOffset);
     return true;
   }
 
@@ -248,15 +280,15 @@ export class MemoryImage extends SlotImage {
     if (slot >>> this.chunkShift >= this.chunks.length && !this.addChunk()) {
       throw new ServiceError(
         'IMAGE_MEMORY_FULL',
-        `memory image: page slot ${slot} does not fit the receiver's memory (${this.arena.allocated} of at most ${ARENA_MAX_BYTES} bytes, wasm32, in use)`,
+        `memory image: page slot ${slot} needs another ${MEMORY_CHUNK_BYTES}-byte chunk, which the process cannot allocate (${this.chunkBytes} bytes held)`,
         STATUS_MEMORY_FULL,
       );
     }
   }
 
   write(pfn: number, src: Uint8Array, srcOffset: number): void {
-    const offset = this.offsetForWrite(pfnLow(pfn), pfnHigh(pfn));
-    this.arena.bytes.set(src.subarray(srcOffset, srcOffset + this.pageSize), offset);
+    const slot = this.slotFor(pfnLow(pfn), pfnHigh(pfn));
+    this.chunks[slot >>> this.chunkShift].set(src.subarray(srcOffset, srcOffset + this.pageSize), (slot & (this.pagesPerChunk - 1)) * this.pageSize);
   }
 
   commit(epoch: number): void {
@@ -752,9 +784,9 @@ export class Receiver {
   private readonly image: ImageStore;
   private readonly maxFrameBytes: number;
   private readonly maxEpochRecords: number;
-  /** Page memory: staging, scratch, and a MemoryImage's pages (its own arena), see the file comment. */
+  /** Page memory: staging and scratch (a MemoryImage's arena, else one of its own), see the file comment. */
   private readonly arena: PageArena;
-  /** The image when its pages live in `arena`: they are read and written by offset. */
+  /** The image when it is a MemoryImage: its pages are copied to and from the arena by offset. */
   private readonly memImage: MemoryImage | null;
   /** The wasm kernel over `arena`; null with kernel 'js'. */
   private readonly wasm: RemusWasmKernel | null;
@@ -795,7 +827,7 @@ export class Receiver {
     }
     if (maxEpochBytes > MAX_RECEIVER_EPOCH_BYTES) {
       throw new RangeError(
-        `Receiver: maxEpochBytes ${maxEpochBytes} is over ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch, the receiver's scratch and a memory image share one ${ARENA_MAX_BYTES}-byte wasm32 memory`,
+        `Receiver: maxEpochBytes ${maxEpochBytes} is over ${MAX_RECEIVER_EPOCH_BYTES}: the staged epoch and the receiver's scratch share one ${ARENA_MAX_BYTES}-byte wasm32 memory`,
       );
     }
     const kernel = options.kernel ?? DEFAULT_RECEIVER_KERNEL;
@@ -823,7 +855,7 @@ export class Receiver {
     if (offset < 0) {
       throw new ServiceError(
         'RECEIVER_MEMORY_FULL',
-        `Receiver: no room for ${bytes} bytes of scratch in the image's memory (${this.arena.allocated} of at most ${ARENA_MAX_BYTES} bytes in use)`,
+        `Receiver: no room for ${bytes} bytes of scratch in the receiver's memory (${this.arena.allocated} of at most ${ARENA_MAX_BYTES} bytes in use)`,
         STATUS_MEMORY_FULL,
       );
     }
@@ -887,7 +919,7 @@ export class Receiver {
       this.decodeRecords(frame, h, true);
       if (h.codec === CODEC_REMUS_ZSTD) slots = Math.max(slots, this.trialSlotEnd);
       const pages = this.scratchPfns.size;
-      if (last && !this.imageRoom(pages, resync, () => this.freshPfns(this.scratchPfns))) throw this.memoryFull(h, `the epoch's ${pages} pages`);
+      if (last && !this.imageRoom(pages, resync, () => this.freshPfns(this.scratchPfns))) throw this.imageFull(h, pages);
     }
     if (!st.reserve(slots)) throw this.memoryFull(h, `${slots} staged pages`);
     const saved = { epoch: st.epoch, resync: st.resync, codec: st.codec, nextSequence: st.nextSequence, count: st.count };
@@ -909,7 +941,7 @@ export class Receiver {
       this.verifyStaged(h);
       if (!this.imageRoom(st.count, st.resync, () => this.freshStaged())) {
         // Refused whole, as any frame: the staging goes back to what it was before this frame.
-        const err = this.memoryFull(h, `the epoch's ${st.count} pages`);
+        const err = this.imageFull(h, st.count);
         this.rollBack(base, restart, saved);
         throw err;
       }
@@ -948,7 +980,7 @@ export class Receiver {
     this.arena.bytes.set(frame, this.frameCopy);
   }
 
-  /** Room in a MemoryImage for `pages` pages about to be committed (always, for other stores). */
+  /** Room in a MemoryImage for `pages` pages about to be committed (always, for other stores); false when the process cannot allocate it. */
   private imageRoom(pages: number, resync: boolean, fresh: () => number): boolean {
     return this.memImage === null || this.memImage.makeRoom(pages, resync, fresh);
   }
@@ -972,11 +1004,25 @@ export class Receiver {
     return n;
   }
 
+  /** The arena (staging, scratch, frame copy) cannot give `what` its room. */
   private memoryFull(h: FrameHeader, what: string): FrameError {
-    const users = this.memImage === null ? 'the staged epoch and scratch' : 'the memory image, the staged epoch and scratch (a larger image needs a file image)';
     return new FrameError(
       'FRAME_MEMORY_FULL',
-      `epoch ${h.epoch} frame ${h.sequence}: the receiver's memory cannot hold ${what}: ${this.arena.allocated} of its ${ARENA_MAX_BYTES} bytes (wasm32) are in use by ${users}`,
+      `epoch ${h.epoch} frame ${h.sequence}: the receiver's memory cannot hold ${what}: ${this.arena.allocated} of its ${ARENA_MAX_BYTES} bytes (wasm32) are in use by the staged epoch and scratch`,
+      STATUS_MEMORY_FULL,
+    );
+  }
+
+  /**
+   * The process could not allocate the chunks a MemoryImage needs for the
+   * epoch's `pages` pages (its only bound): refused whole, as a full arena
+   * is, before anything is written.
+   */
+  private imageFull(h: FrameHeader, pages: number): FrameError {
+    const held = this.memImage as MemoryImage;
+    return new FrameError(
+      'FRAME_MEMORY_FULL',
+      `epoch ${h.epoch} frame ${h.sequence}: the process cannot allocate room in the memory image for the epoch's ${pages} pages (${held.size} pages held in ${held.chunkBytes} bytes of chunks; a larger image needs a file image)`,
       STATUS_MEMORY_FULL,
     );
   }
@@ -1184,6 +1230,7 @@ export class Receiver {
     const st = this.staging;
     const ps = this.pageSize;
     const memory = this.arena.bytes;
+    const memoryBuffer = this.arena.buffer;
     const wasm = this.wasm;
     const held = this.memImage;
     for (let r = 0; r < count; r++) {
@@ -1236,16 +1283,11 @@ export class Receiver {
         // committed page, which is copied into staging first so the image
         // stays untouched.
         if (kind !== FULL_PAGE) {
-          const from = held === null ? -1 : held.offsetOf(low, high);
-          if (held === null ? !this.image.read(pfn, memory, dstOffset) : from < 0) {
+          if (held === null ? !this.image.read(pfn, memory, dstOffset) : !held.copyPageTo(low, high, memoryBuffer, dstOffset)) {
             throw new FrameError(
               'FRAME_DELTA_WITHOUT_BASE',
               `${where}: record ${r} at byte ${recordStart} is a delta for pfn ${pfn}, which the image does not hold`,
             );
-          }
-          if (from >= 0) {
-            if (wasm !== null) wasm.copy(dstOffset, from, ps);
-            else memory.copyWithin(dstOffset, from, from + ps);
           }
         }
         try {
@@ -1298,18 +1340,14 @@ export class Receiver {
   /** Write the verified staged epoch to the image (room made) and commit it. */
   private writeStaged(h: FrameHeader): void {
     const st = this.staging;
-    const ps = this.pageSize;
     if (st.resync) this.image.clear();
     const held = this.memImage;
     if (held !== null) {
-      // makeRoom gave the image its chunks: no slot here grows the memory.
-      const wasm = this.wasm;
+      // makeRoom gave the image its chunks: no slot here allocates.
+      const memoryBuffer = this.arena.buffer;
       for (let i = 0; i < st.count; i++) {
         const pfn = st.pfns[i];
-        const to = held.offsetForWrite(pfnLow(pfn), pfnHigh(pfn));
-        const from = st.pageOffset(i);
-        if (wasm !== null) wasm.copy(to, from, ps);
-        else this.arena.bytes.copyWithin(to, from, from + ps);
+        held.writePageFrom(pfnLow(pfn), pfnHigh(pfn), memoryBuffer, st.pageOffset(i));
       }
     } else {
       const memory = this.arena.bytes;

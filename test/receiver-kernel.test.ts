@@ -28,7 +28,8 @@ import {
  * The receiver's wasm paths against its portable TypeScript ones: the wasm
  * XBZRLE decoder (assembly/xbzrle.ts) against decodeXbzrleBody, receivers
  * with kernel 'wasm' and 'js' over random frame sequences with refused
- * frames, the memory bound (FRAME_MEMORY_FULL), and the pfn table. The .wasm
+ * frames, the memory bound (FRAME_MEMORY_FULL: staging, scratch and frame
+ * copy in the arena; a memory image's pages outside it), and the pfn table. The .wasm
  * comes from `npm run build` (run by pretest).
  */
 
@@ -506,6 +507,16 @@ class TightArena extends PageArena {
   }
 }
 
+/** A memory image whose chunk allocations fail while `fail` is set, as a process out of memory would. */
+class FailingImage extends MemoryImage {
+  fail = false;
+
+  protected override allocateChunk(bytes: number): Buffer {
+    if (this.fail) throw new RangeError('Array buffer allocation failed');
+    return super.allocateChunk(bytes);
+  }
+}
+
 describe('Receiver: the memory bound', () => {
   for (const kernelChoice of ['wasm', 'js'] as const) {
     it(`refuses with FRAME_MEMORY_FULL when staging cannot grow, and changes nothing (${kernelChoice})`, () => {
@@ -534,11 +545,11 @@ describe('Receiver: the memory bound', () => {
       expectImage(rx, model);
     });
 
-    it(`refuses a LAST frame whose pages the memory image cannot take, staging as before it (${kernelChoice})`, () => {
+    it(`refuses a LAST frame whose pages the process cannot allocate in the memory image, staging as before it (${kernelChoice})`, () => {
       // 64 KiB pages: 256 to an image chunk.
       const ps = 65536;
-      const arena = new TightArena();
-      const rx = new Receiver({ pageSize: ps, image: new MemoryImage(ps, arena), kernel: kernelChoice });
+      const image = new FailingImage(ps);
+      const rx = new Receiver({ pageSize: ps, image, kernel: kernelChoice });
       const model = new SenderModel(ps);
       const rng = new Prng(9);
       const zero = new Uint8Array(ps);
@@ -549,18 +560,64 @@ describe('Receiver: the memory bound', () => {
       const r2 = model.records(Array.from({ length: 20 }, (_, i) => [1000 + i, rng.page(ps)] as [number, Uint8Array]));
       const frames = epochFrames(r2, { epoch: 2, pageSize: ps, recordsPerFrame: 10 });
       rx.applyFrame(frames[0]);
-      arena.limit = arena.allocated;
+      image.fail = true;
       const before = receiverSnapshot(rx);
-      expect(refusal(rx, frames[1]).code).toBe('FRAME_MEMORY_FULL');
+      const err = refusal(rx, frames[1]);
+      expect(err.code).toBe('FRAME_MEMORY_FULL');
+      expect(err.statusCode).toBe(507);
+      expect(err.message).toMatch(/epoch 2 frame 1: the process cannot allocate room in the memory image for the epoch's 20 pages \(250 pages held in 16777216 bytes of chunks/);
       expect(receiverSnapshot(rx)).toEqual(before);
       // A restart of the epoch in one LAST frame over the staged frame 0: refused by its trial, the older staging kept.
       const [whole] = epochFrames(r2, { epoch: 2, pageSize: ps });
       expect(refusal(rx, whole).code).toBe('FRAME_MEMORY_FULL');
       expect(receiverSnapshot(rx)).toEqual(before);
-      arena.limit = Number.POSITIVE_INFINITY;
+      image.fail = false;
       rx.applyFrame(frames[1]);
       model.commit(2, r2, false);
       expectImage(rx, model);
+    });
+
+    it(`holds more memory image pages than its arena has room left for: only staging and scratch are in the arena (${kernelChoice})`, () => {
+      // 64 KiB pages: 256 to a 16 MiB image chunk, 64 to a 4 MiB staging block.
+      const ps = 65536;
+      const arena = new TightArena();
+      const image = new MemoryImage(ps, arena);
+      const rx = new Receiver({ pageSize: ps, image, kernel: kernelChoice });
+      const model = new SenderModel(ps);
+      const rng = new Prng(11);
+      const zero = new Uint8Array(ps);
+      const r1 = model.records(Array.from({ length: 250 }, (_, i) => [i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      for (const f of epochFrames(r1, { epoch: 1, pageSize: ps, resync: true, recordsPerFrame: 64 })) rx.applyFrame(f);
+      model.commit(1, r1, true);
+      // Frame 0 of epoch 2 sizes the frame copy; from then on the arena has no room left at all.
+      const r2 = model.records(Array.from({ length: 20 }, (_, i) => [1000 + i, rng.page(ps)] as [number, Uint8Array]));
+      const frames2 = epochFrames(r2, { epoch: 2, pageSize: ps, recordsPerFrame: 10 });
+      rx.applyFrame(frames2[0]);
+      arena.limit = arena.allocated;
+      const allocated = arena.allocated;
+      // The LAST frame's 20 new pfns take the image to a second chunk, outside the arena.
+      rx.applyFrame(frames2[1]);
+      model.commit(2, r2, false);
+      expectImage(rx, model);
+      // Two more epochs of 250 new pfns each (mostly zero pages, so the frames fit the frame copy), the
+      // second one restarted by a whole LAST frame over its staged frame 0: 770 pages, four chunks.
+      const r3 = model.records(Array.from({ length: 250 }, (_, i) => [2000 + i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      for (const f of epochFrames(r3, { epoch: 3, pageSize: ps, recordsPerFrame: 64 })) rx.applyFrame(f);
+      model.commit(3, r3, false);
+      const r4 = model.records(Array.from({ length: 250 }, (_, i) => [3000 + i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      rx.applyFrame(epochFrames(r4, { epoch: 4, pageSize: ps, recordsPerFrame: 64 })[0]);
+      const [whole] = epochFrames(r4, { epoch: 4, pageSize: ps });
+      expect(rx.applyFrame(whole).committed).toBe(true);
+      model.commit(4, r4, false);
+      expectImage(rx, model);
+      expect(image.size).toBe(770);
+      expect(image.chunkBytes).toBe(4 * 16 * 2 ** 20);
+      expect(arena.allocated).toBe(allocated);
+      // Staging still cannot grow: a 300-page epoch needs a fifth staging block.
+      const r5 = model.records(Array.from({ length: 300 }, (_, i) => [i, zero] as [number, Uint8Array]));
+      const before = receiverSnapshot(rx);
+      expect(refusal(rx, epochFrames(r5, { epoch: 5, pageSize: ps })[0]).code).toBe('FRAME_MEMORY_FULL');
+      expect(receiverSnapshot(rx)).toEqual(before);
     });
   }
 
