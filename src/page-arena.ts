@@ -26,14 +26,12 @@ const REGION_ALIGN = 64;
 export class PageArena {
   readonly memory: KernelMemory;
   private view: Uint8Array;
-  private whole: Buffer;
   /** End of the last region handed out. */
   private top = 0;
 
   constructor() {
     this.memory = createKernelMemory(WASM_PAGE_BYTES, ARENA_MAX_BYTES);
     this.view = new Uint8Array(this.memory.buffer);
-    this.whole = Buffer.from(this.memory.buffer);
   }
 
   /**
@@ -43,15 +41,6 @@ export class PageArena {
    */
   get bytes(): Uint8Array {
     return this.view;
-  }
-
-  /**
-   * The whole memory as a Buffer, for Buffer.copy to and from a memory
-   * image's chunks (offsets, no view per page). Re-taken when the memory
-   * grows, as `bytes` is.
-   */
-  get buffer(): Buffer {
-    return this.whole;
   }
 
   /** Bytes handed out so far. */
@@ -79,7 +68,6 @@ export class PageArena {
         throw err;
       }
       this.view = new Uint8Array(this.memory.buffer);
-      this.whole = Buffer.from(this.memory.buffer);
     }
     this.top = end;
     return offset;

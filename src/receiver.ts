@@ -12,10 +12,10 @@
  * in Buffer chunks in the process's memory (so an image is bounded by the
  * process's memory, not by wasm32's 4 GiB): the committed page a delta
  * applies to is copied into staging, and a committed epoch's pages into the
- * image, by one Buffer.copy each (a memmove by offsets, the same under both
- * kernels; Node 20's Buffer.copy makes a short-lived view of the source
- * inside, the receiver's code none). A FileImage's pages go through fs into
- * and out of the arena.
+ * image, by the image's read() and write(), one memmove each (the same
+ * under both kernels; each makes one short-lived view of its source, Node
+ * 20's Buffer.copy inside as TypedArray.set). A FileImage's pages go
+ * through fs into and out of the arena.
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
@@ -176,11 +176,10 @@ abstract class SlotImage implements ImageStore {
 /**
  * Pages in memory, in page slots grouped in fixed-size Buffer chunks
  * (MEMORY_CHUNK_BYTES each, allocated as the image grows) in the process's
- * memory, outside any wasm memory (and the V8 heap): the image is bounded by the process's
- * memory only. A Receiver over this image stages its epochs in the image's
- * PageArena and moves pages between the arena and the chunks by one
- * Buffer.copy each (copyPageTo, writePageFrom) rather than through read()
- * and write(): offsets only, no view made here per page.
+ * memory, outside any wasm memory (and the V8 heap): the image is bounded by
+ * the process's memory only. A Receiver over this image stages its epochs
+ * in the image's PageArena and moves pages between the arena and the chunks
+ * through read() and write(), one memmove each.
  */
 export class MemoryImage extends SlotImage {
   /** The wasm memory a Receiver over this image stages in (one of its own unless given); the image's pages are not in it. */
@@ -203,27 +202,14 @@ export class MemoryImage extends SlotImage {
     return this.chunks.length * MEMORY_CHUNK_BYTES;
   }
 
-  /**
-   * Copy the page of the pfn of halves (low, high) (src/pfn-table.ts) into
-   * dst[dstOffset..+pageSize) (one memmove); false, dst untouched, when the
-   * image lacks it.
-   */
-  copyPageTo(low: number, high: number, dst: Buffer, dstOffset: number): boolean {
-    const slot = this.slots.getParts(low, high);
-    if (slot < 0) return false;
-    const at = (slot & (this.pagesPerChunk - 1)) * this.pageSize;
-    this.chunks[slot >>> this.chunkShift].copy(dst, dstOffset, at, at + this.pageSize);
-    return true;
+  /** The chunk that holds `slot`'s page. */
+  private chunkOf(slot: number): Buffer {
+    return this.chunks[slot >>> this.chunkShift];
   }
 
-  /**
-   * Write src[srcOffset..+pageSize) as the page of the pfn of halves (low,
-   * high) (one memmove), a slot given to it when the image lacks it (after
-   * makeRoom, that never fails).
-   */
-  writePageFrom(low: number, high: number, src: Buffer, srcOffset: number): void {
-    const slot = this.slotFor(low, high);
-    src.copy(this.chunks[slot >>> this.chunkShift], (slot & (this.pagesPerChunk - 1)) * this.pageSize, srcOffset, srcOffset + this.pageSize);
+  /** Where `slot`'s page starts in its chunk. */
+  private offsetInChunk(slot: number): number {
+    return (slot & (this.pagesPerChunk - 1)) * this.pageSize;
   }
 
   /** has() of the pfn of halves (low, high). */
@@ -270,8 +256,8 @@ export class MemoryImage extends SlotImage {
   read(pfn: number, dst: Uint8Array, dstOffset: number): boolean {
     const slot = this.slots.get(pfn);
     if (slot < 0) return false;
-    const at = (slot & (this.pagesPerChunk - 1)) * this.pageSize;
-    dst.set(this.chunks[slot >>> this.chunkShift].subarray(at, at + this.pageSize), dstOffset);
+    const at = this.offsetInChunk(slot);
+    this.chunkOf(slot).copy(dst, dstOffset, at, at + this.pageSize);
     return true;
   }
 
@@ -286,9 +272,10 @@ export class MemoryImage extends SlotImage {
     }
   }
 
+  /** After makeRoom (the Receiver's commit) the slot's chunk exists: nothing is allocated. */
   write(pfn: number, src: Uint8Array, srcOffset: number): void {
     const slot = this.slotFor(pfnLow(pfn), pfnHigh(pfn));
-    this.chunks[slot >>> this.chunkShift].set(src.subarray(srcOffset, srcOffset + this.pageSize), (slot & (this.pagesPerChunk - 1)) * this.pageSize);
+    this.chunkOf(slot).set(src.subarray(srcOffset, srcOffset + this.pageSize), this.offsetInChunk(slot));
   }
 
   commit(epoch: number): void {
@@ -1230,9 +1217,7 @@ export class Receiver {
     const st = this.staging;
     const ps = this.pageSize;
     const memory = this.arena.bytes;
-    const memoryBuffer = this.arena.buffer;
     const wasm = this.wasm;
-    const held = this.memImage;
     for (let r = 0; r < count; r++) {
       const recordStart = pos;
       if (pos >= end) {
@@ -1283,7 +1268,7 @@ export class Receiver {
         // committed page, which is copied into staging first so the image
         // stays untouched.
         if (kind !== FULL_PAGE) {
-          if (held === null ? !this.image.read(pfn, memory, dstOffset) : !held.copyPageTo(low, high, memoryBuffer, dstOffset)) {
+          if (!this.image.read(pfn, memory, dstOffset)) {
             throw new FrameError(
               'FRAME_DELTA_WITHOUT_BASE',
               `${where}: record ${r} at byte ${recordStart} is a delta for pfn ${pfn}, which the image does not hold`,
@@ -1341,18 +1326,9 @@ export class Receiver {
   private writeStaged(h: FrameHeader): void {
     const st = this.staging;
     if (st.resync) this.image.clear();
-    const held = this.memImage;
-    if (held !== null) {
-      // makeRoom gave the image its chunks: no slot here allocates.
-      const memoryBuffer = this.arena.buffer;
-      for (let i = 0; i < st.count; i++) {
-        const pfn = st.pfns[i];
-        held.writePageFrom(pfnLow(pfn), pfnHigh(pfn), memoryBuffer, st.pageOffset(i));
-      }
-    } else {
-      const memory = this.arena.bytes;
-      for (let i = 0; i < st.count; i++) this.image.write(st.pfns[i], memory, st.pageOffset(i));
-    }
+    // A memory image has its chunks already (makeRoom): no write allocates one.
+    const memory = this.arena.bytes;
+    for (let i = 0; i < st.count; i++) this.image.write(st.pfns[i], memory, st.pageOffset(i));
     this.image.commit?.(h.epoch);
     this.committed = h.epoch;
     st.reset();

@@ -14,13 +14,13 @@
  * entry), a probe here reads one 4-byte bucket, and the key only of a slot
  * whose bucket matches.
  */
+import { pfnHigh, pfnLow } from '../src/pfn-table.js';
 
 const EMPTY = -1;
 /** Buckets per slot, at least: at a load of 1/4 or less, probe runs stay short, and so do the shifts of a delete (1/2 cost LRU a third more time a page on the postgres trace). */
 const LOAD_INVERSE = 4;
 /** Fewest bucket bits: the home of a pfn is its hash's top bits, and a shift of 32 would shift by 0. */
 const MIN_BITS = 3;
-const TWO_POW_32 = 4294967296;
 /** Fibonacci hashing: 2^32 / golden ratio; sequential pfns land far apart. */
 const FIBONACCI = 0x9e3779b9 | 0;
 /** Folds a pfn's bits 32..47 into the low word before the multiply. */
@@ -109,7 +109,6 @@ export class SlotMap {
 
   /** The bucket a probe for `pfn` starts at: the top bits of a multiplicative hash of its two 32-bit halves. */
   private home(pfn: number): number {
-    const high = (pfn - (pfn >>> 0)) / TWO_POW_32;
-    return Math.imul((pfn | 0) ^ Math.imul(high, HIGH_MIX), FIBONACCI) >>> this.shift;
+    return Math.imul(pfnLow(pfn) ^ Math.imul(pfnHigh(pfn), HIGH_MIX), FIBONACCI) >>> this.shift;
   }
 }
