@@ -17,8 +17,10 @@
  *    CachePartition, same records byte for byte, checked after the warm-up
  *    when ours runs too) with the page work done by the WebAssembly SIMD
  *    kernel (src/codec/remus-wasm.ts) over one shared wasm memory that holds
- *    the epoch records (copied in before any timing), the cache slots, the
- *    records and the decode image, as the service's workers will hold them.
+ *    the epoch records, the cache slots, the records and the decode image, as
+ *    the service's workers hold them. Every codec reads its input from that
+ *    memory's epoch records (copied in once, before any timing), as the C
+ *    harness's codecs all read one copy of the trace.
  *    As 'xbzrle-wasm', the same with the kernel's XBZRLE encoder against
  *    'xbzrle' (decoded here by the TypeScript decodeXbzrleBody; the
  *    receiver decodes with the kernel's, measured by bench/receiver.ts).
@@ -48,7 +50,9 @@ import zstd from 'zstd-napi/binding.js';
 import runEncoderTask from '../workers/encoder.js';
 import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type EncodeResult, type EncodeTask, type InvalidateTask } from '../workers/protocol.js';
 import { decodeRemusPage } from '../src/codec/remus.js';
-import { createKernelMemory, instantiateRemusWasm, type KernelMemory, type RemusWasmKernel } from '../src/codec/remus-wasm.js';
+import {
+  createKernelMemory, instantiateRemusWasm, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory, type RemusWasmKernel,
+} from '../src/codec/remus-wasm.js';
 import { decodeXbzrleBody } from '../src/codec/xbzrle.js';
 import { recordRegionBytes } from '../src/frames.js';
 import { epochLayout, type EpochLayout } from '../src/epoch-record.js';
@@ -81,10 +85,10 @@ const DEFLATE_OPTIONS = { level: 1 } as const;
 export interface PreparedEpoch {
   count: number;
   pfns: Float64Array;
-  /** The epoch record in a SharedArrayBuffer of its own, as the service's input slab holds it. */
-  record: SharedArrayBuffer;
+  /** Where the epoch record starts in the trace's memory (a multiple of 64). */
+  at: number;
   layout: EpochLayout;
-  /** count * pageSize bytes, a view into `record`: what every codec reads. */
+  /** count * pageSize bytes, a view into the trace's memory: what every codec reads. */
   pages: Uint8Array;
   /** One view per page into `pages`, made once so that no codec allocates one per page. */
   pageViews: Uint8Array[];
@@ -96,24 +100,42 @@ export interface PreparedTrace {
   epochs: PreparedEpoch[];
   /** Largest page count of an epoch. */
   maxCount: number;
+  /**
+   * One shared wasm memory holding every epoch record, which every codec
+   * reads: the wasm rows grow it by their own regions (cache, records, image)
+   * rather than copy the records into a memory of their own. All codecs then
+   * read the same input bytes, as the C harness's codecs do; with a copy per
+   * row, the wasm rows would start each pass on input the other rows had
+   * evicted from the processor's caches while theirs stayed warm.
+   */
+  memory: KernelMemory;
+  /** The memory's buffer as it was made (the records' bytes; the memory only grows). */
+  input: SharedArrayBuffer;
 }
 
-/** Copy each epoch record of an RMTR trace into its own shared slab. */
+/** Copy each epoch record of an RMTR trace into one shared wasm memory. */
 export function prepareTrace(name: string, bytes: Uint8Array): PreparedTrace {
   const { pageSize, epochs } = parseTrace(bytes);
+  let total = 0;
+  const at = epochs.map((e) => {
+    const start = total;
+    total = align64(total + e.record.length);
+    return start;
+  });
+  const memory = createKernelMemory(total, KERNEL_MAX_MEMORY_PAGES * WASM_PAGE_BYTES);
+  const input = memory.buffer as SharedArrayBuffer;
+  const whole = new Uint8Array(input);
   let maxCount = 0;
-  const prepared = epochs.map((e): PreparedEpoch => {
-    const record = new SharedArrayBuffer(e.record.length);
-    const whole = new Uint8Array(record);
-    whole.set(e.record);
+  const prepared = epochs.map((e, n): PreparedEpoch => {
+    whole.set(e.record, at[n]);
     const layout = epochLayout(e.count, pageSize);
-    const pages = whole.subarray(layout.pageOffset, layout.pageOffset + e.count * pageSize);
+    const pages = whole.subarray(at[n] + layout.pageOffset, at[n] + layout.pageOffset + e.count * pageSize);
     const pageViews: Uint8Array[] = [];
     for (let i = 0; i < e.count; i++) pageViews.push(pages.subarray(i * pageSize, (i + 1) * pageSize));
     maxCount = Math.max(maxCount, e.count);
-    return { count: e.count, pfns: e.pfns, record, layout, pages, pageViews };
+    return { count: e.count, pfns: e.pfns, at: at[n], layout, pages, pageViews };
   });
-  return { name, pageSize, epochs: prepared, maxCount };
+  return { name, pageSize, epochs: prepared, maxCount, memory, input };
 }
 
 /**
@@ -139,6 +161,14 @@ export const CODEC_NAMES = ['ours', 'ours-wasm', 'ours-zstd', 'xbzrle', 'xbzrle-
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 let streamSerial = 0;
+
+/** Untimed: every page of the trace leaves the stream's partition 0 (an invalidate task per epoch, as the service sends them). */
+function forgetEveryPage(stream: string, trace: PreparedTrace): void {
+  for (const e of trace.epochs) {
+    const task: InvalidateTask = { op: 'invalidate', stream, partition: 0, input: trace.input, pfnOffset: e.at + e.layout.pfnOffset, count: e.count };
+    runEncoderTask(task);
+  }
+}
 
 /**
  * Our path: the worker's encode task on one partition, then decodeRemusPage
@@ -204,12 +234,7 @@ class OursCodec implements KernelCodec {
     // Forget every page rather than drop the partition: a new partition would
     // make the next epoch 0 pay for first touches of a fresh 32 MiB slab, a
     // cost a stream pays once in its life.
-    for (const e of this.trace.epochs) {
-      const task: InvalidateTask = {
-        op: 'invalidate', stream: this.stream, partition: 0, input: e.record, pfnOffset: e.layout.pfnOffset, count: e.count,
-      };
-      runEncoderTask(task);
-    }
+    forgetEveryPage(this.stream, this.trace);
     this.image.fill(0);
     this.counters.length = 0;
   }
@@ -224,10 +249,10 @@ class OursCodec implements KernelCodec {
       codec: { ours: CODEC_REMUS, xbzrle: CODEC_XBZRLE, 'ours-zstd': CODEC_REMUS_ZSTD }[this.name],
       slotCount: this.slotCount,
       cachePolicy: SEED_CACHE_POLICY,
-      input: ep.record,
-      pfnOffset: ep.layout.pfnOffset,
-      kindOffset: ep.layout.kindOffset,
-      pageOffset: ep.layout.pageOffset,
+      input: this.trace.input,
+      pfnOffset: ep.at + ep.layout.pfnOffset,
+      kindOffset: ep.at + ep.layout.kindOffset,
+      pageOffset: ep.at + ep.layout.pageOffset,
       indices: this.indices,
       indexStart: 0,
       indexCount: ep.count,
@@ -328,10 +353,10 @@ function align64(n: number): number {
 /**
  * ours with the WebAssembly kernel: the worker's own encode task
  * (workers/encoder.ts, called directly) over an arena as a stream gives it,
- * one shared wasm memory holding the epoch records, the partition's cache
- * slab and the record regions, so the worker takes its wasm path; decode is
- * the kernel's decodePage (XBZRLE: decodeXbzrleBody) onto an image in the
- * same memory.
+ * the trace's shared wasm memory, which holds the epoch records and grows
+ * by this row's cache slab, record regions and image, so the worker takes
+ * its wasm path; decode is the kernel's decodePage (XBZRLE:
+ * decodeXbzrleBody) onto the image.
  */
 class OursWasmCodec implements KernelCodec {
   readonly name: 'ours-wasm' | 'xbzrle-wasm';
@@ -347,10 +372,9 @@ class OursWasmCodec implements KernelCodec {
   private readonly indices: SharedArrayBuffer;
   private readonly records: SharedArrayBuffer;
   private readonly groupHashes = new SharedArrayBuffer(0);
-  /** Where each epoch record starts in the memory. */
-  private readonly recordAt: number[] = [];
   private readonly cacheAt: number;
   private readonly imageAt: number;
+  private readonly imageEnd: number;
   private readonly outStart: number[] = [];
   private readonly outLimit: number[] = [];
   private readonly outEnd: number[] = [];
@@ -371,11 +395,11 @@ class OursWasmCodec implements KernelCodec {
     const { slots, distinct } = imageSlots(trace);
     this.slots = slots;
     const worst = recordRegionBytes(pageSize);
-    let at = 64;
-    for (const e of epochs) {
-      this.recordAt.push(at);
-      at = align64(at + e.layout.totalBytes);
-    }
+    // This row's regions go after everything already in the trace's memory
+    // (the epoch records, another wasm row's regions), which grows to hold them.
+    const memory = trace.memory;
+    const base = memory.buffer.byteLength;
+    let at = base;
     this.cacheAt = at;
     at = align64(at + this.slotCount * pageSize);
     for (const e of epochs) {
@@ -387,29 +411,24 @@ class OursWasmCodec implements KernelCodec {
     }
     this.imageAt = at;
     at += distinct * pageSize;
-    this.memory = createKernelMemory(at);
-    this.arena = this.memory.buffer as SharedArrayBuffer;
+    memory.grow(Math.ceil((at - base) / WASM_PAGE_BYTES));
+    this.memory = memory;
+    this.arena = memory.buffer as SharedArrayBuffer;
+    this.imageEnd = at;
     this.k = instantiateRemusWasm(this.memory);
     this.mem8 = new Uint8Array(this.arena);
-    // The epoch records go into the shared memory once, before any timing.
-    for (const [e, ep] of epochs.entries()) this.mem8.set(new Uint8Array(ep.record), this.recordAt[e]);
   }
 
   reset(): void {
     // As ours: forget every page (a slot is written whole before it is used again).
-    for (const [e, ep] of this.trace.epochs.entries()) {
-      const task: InvalidateTask = {
-        op: 'invalidate', stream: this.stream, partition: 0, input: this.arena, pfnOffset: this.recordAt[e] + ep.layout.pfnOffset, count: ep.count,
-      };
-      runEncoderTask(task);
-    }
-    this.k.fill(this.imageAt, 0, this.mem8.length - this.imageAt);
+    forgetEveryPage(this.stream, this.trace);
+    this.k.fill(this.imageAt, 0, this.imageEnd - this.imageAt);
     this.counters.length = 0;
   }
 
   encode(e: number): number {
     const ep = this.trace.epochs[e];
-    const base = this.recordAt[e];
+    const base = ep.at;
     const task: EncodeTask = {
       op: 'encode',
       stream: this.stream,
