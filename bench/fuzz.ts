@@ -11,6 +11,10 @@ import fc from 'fast-check';
 import { isMain } from '../src/is-main.js';
 import { bodyCase, checkBodyCase, checkStreamCase, streamCase } from './fuzz-props.js';
 
+// As in the tests (test/setup.ts): every maxLength in the properties is the
+// range meant, not fast-check's default of about ten elements.
+fc.configureGlobal({ defaultSizeToMaxWhenMaxSpecified: true });
+
 export interface FuzzSummary {
   seconds: number;
   seed: number;

@@ -96,10 +96,24 @@ function indexSection(indices: number[]): number[] {
 }
 
 /** What zstd level CHUNK_ZSTD_LEVEL makes of `raw`, from a context of our own. */
+/**
+ * What zstd makes of `raw` with room for one byte less than it, as the
+ * writer asks (a frame as long as the raw chunk is not worth storing), or
+ * Infinity when it does not fit. The room matters: zstd needs more room
+ * than its result while it works, so a result that would just fit can be
+ * refused (a 64-byte chunk found by the property below compresses to 63
+ * bytes with ample room, and is refused with 63); the writer then stores
+ * the chunk, which this reference must predict.
+ */
 function zstdSize(raw: Uint8Array): number {
   const cctx = new zstd.CCtx();
-  const dst = new Uint8Array(raw.length + 1024);
-  return cctx.compress(dst, raw, CHUNK_ZSTD_LEVEL);
+  const dst = new Uint8Array(Math.max(0, raw.length - 1));
+  try {
+    return cctx.compress(dst, raw, CHUNK_ZSTD_LEVEL);
+  } catch (err) {
+    if (err instanceof Error && /too small/i.test(err.message)) return Infinity;
+    throw err;
+  }
 }
 
 function codeOf(fn: () => unknown): string {
@@ -210,7 +224,9 @@ describe('ChunkWriter / readChunkHeader / ChunkReader.raw / readChunkIndices rou
         // The method: zstd exactly when zstd's output is shorter than the raw chunk.
         const reference = zstdSize(expectedRaw);
         const method = reference < rawLength ? CHUNK_ZSTD : CHUNK_STORED;
-        if (kind === 'random') expect(method, 'random bytes never compress').toBe(CHUNK_STORED);
+        // Random records never compress, but a long index section of small
+        // gaps does (it is in the raw chunk too): the check needs a short one.
+        if (kind === 'random' && section.length <= 8) expect(method, 'random bytes never compress').toBe(CHUNK_STORED);
         if (kind === 'compressible') expect(method, 'long runs always compress').toBe(CHUNK_ZSTD);
         const storedLength = method === CHUNK_ZSTD ? reference : rawLength;
 
