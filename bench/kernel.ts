@@ -411,6 +411,11 @@ class OursWasmCodec implements KernelCodec {
     }
     this.imageAt = at;
     at += distinct * pageSize;
+    const maxBytes = KERNEL_MAX_MEMORY_PAGES * WASM_PAGE_BYTES;
+    if (at > maxBytes) {
+      // The records and both wasm rows share one wasm32 memory (4 GiB).
+      throw new RangeError(`${name}: the trace's records and the wasm rows' regions need ${at} bytes, over wasm32's ${maxBytes}; use a shorter trace`);
+    }
     memory.grow(Math.ceil((at - base) / WASM_PAGE_BYTES));
     this.memory = memory;
     this.arena = memory.buffer as SharedArrayBuffer;
