@@ -3,11 +3,16 @@
  * epoch records and a sink that drops frames. With bench/load.ts (the same
  * epochs over loopback HTTP) it shows what HTTP and the client cost.
  *
- *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--cache-bytes N]
+ *   npm run build && node dist/bench/pipeline.js [--workers 1,2] [--mib 32] [--epochs 12] [--skip 2] [--cache-bytes N]
  *     [--codec remus,remus-zstd] [--kernel wasm,js] [--cache-policy tinylfu|lru] [--trace T] [--check]
  *
- * Per epoch (from the third on): the whole epoch's rate, and the encode
- * stage's (first batch dispatched to digest known: workers and merge).
+ * Per epoch (from epoch `--skip` on; default 2: epoch 0 is the image, the
+ * first dirty epoch warms the JIT): the whole epoch's rate, and the encode
+ * stage's (first batch dispatched to digest known: workers and merge). V8
+ * keeps reoptimizing the workers' loop for the first twenty or so epochs of
+ * 32 MiB (branches seen for the first time: cache hits after an epoch of
+ * misses, evictions), on its helper threads, which share the two cores:
+ * `--epochs 40 --skip 24` measures the steady state.
  *
  * `--kernel wasm,js` runs each setting with the workers' WebAssembly kernel
  * and with the TypeScript codecs (default: both, one after the other in the
@@ -33,6 +38,7 @@ const { values } = parseArgs({
     workers: { type: 'string', default: '1,2' },
     mib: { type: 'string', default: '32' },
     epochs: { type: 'string', default: '12' },
+    skip: { type: 'string', default: '2' },
     'cache-bytes': { type: 'string' },
     codec: { type: 'string', default: 'remus-zstd' },
     kernel: { type: 'string', default: 'wasm,js' },
@@ -42,6 +48,7 @@ const { values } = parseArgs({
   },
 });
 const cachePolicy = values['cache-policy'];
+const skip = Number(values.skip);
 if (!isCachePolicyName(cachePolicy)) throw new Error(`--cache-policy: ${cachePolicy} is not one of ${CACHE_POLICIES.join(', ')}`);
 const codecs = values.codec.split(',');
 for (const codec of codecs) if (!isCodecName(codec)) throw new Error(`--codec: ${codec} is not one of ${CODEC_NAMES.join(', ')}`);
@@ -52,6 +59,7 @@ const pages = (Number(values.mib) * 1024 * 1024) / PAGE_SIZE;
 const trace = values.trace === undefined ? null : parseTrace(readFileSync(values.trace));
 const records: Uint8Array[] = trace === null ? makeEpochs(1, pages, Number(values.epochs)) : trace.epochs.map((e) => e.record);
 const pageSize = trace?.pageSize ?? PAGE_SIZE;
+if (!Number.isInteger(skip) || skip < 0 || skip >= records.length) throw new Error(`--skip: ${values.skip} leaves none of the ${records.length} epochs to measure`);
 const source = values.trace ?? `${values.mib} MiB epochs`;
 /** Hash of the frames of the run in progress: every kernel must send the same bytes. */
 let framesHash = createHash('sha256');
@@ -77,8 +85,7 @@ for (const codec of codecs as CodecName[]) for (const workers of values.workers.
       const started = process.hrtime.bigint();
       const summary = await stream.runEpoch(once(record), record.length, sink);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      // Epoch 0 is the image; the first dirty epoch warms the JIT.
-      if (summary.epoch >= 2) {
+      if (summary.epoch >= skip) {
         rates.push(summary.bytesIn / seconds / 1e9);
         bytesIn += summary.bytesIn;
         bytesOut += summary.bytesOut;

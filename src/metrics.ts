@@ -199,7 +199,7 @@ export class ServiceMetrics {
     });
     new Gauge({
       name: 'remus_worker_queue_depth',
-      help: 'Tasks waiting in a worker queue behind the running one',
+      help: 'Tasks waiting in a worker pool queue (besides the running one and the one posted ahead of it)',
       labelNames: ['worker'] as const,
       registers,
       collect() {

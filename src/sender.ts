@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import { ServiceError } from './errors.js';
 import { minFrameBytes } from './frames.js';
 import { CACHE_POLICIES, isCachePolicyName, type CachePolicyName } from '../workers/cache-policy.js';
-import { Stream, type StreamConfig, type StreamHost } from './stream.js';
+import { DEFAULT_BATCH_BYTES, Stream, type StreamConfig, type StreamHost } from './stream.js';
 import { WorkerPool } from './worker-pool.js';
 import type { KernelChoice } from '../workers/protocol.js';
 import { CODEC_NAMES, MAX_FRAME_BYTES, PFN_LIMIT, isCodecName, pageShiftOf, type CodecName } from './wire.js';
@@ -30,7 +30,18 @@ export interface SenderOptions {
    * codecs. Both send the same bytes.
    */
   kernel?: KernelChoice;
+  /**
+   * Input bytes per encode batch (default 8 MiB, DEFAULT_BATCH_BYTES; at
+   * least one 64-page digest group): a batch is encoded as soon as its pages
+   * have arrived, one task per partition. Smaller batches send the first
+   * frames sooner; larger ones amortise the task round trips. Each stream
+   * reserves two batches of record regions.
+   */
+  batchBytes?: number;
 }
+
+/** Largest batchBytes: more buys nothing, and two batches of record regions are reserved per stream. */
+export const MAX_BATCH_BYTES = 256 * 1024 * 1024;
 
 export const KERNEL_CHOICES: readonly KernelChoice[] = ['wasm', 'js'];
 export const DEFAULT_KERNEL: KernelChoice = 'wasm';
@@ -84,6 +95,7 @@ export class Sender implements StreamHost {
   readonly memoryBudgetBytes: number;
   readonly maxConcurrentEpochs: number;
   readonly kernel: KernelChoice;
+  readonly batchBytes: number;
   private readonly streams = new Map<string, Stream>();
   private nextId = 1;
   private nextFirstWorker = 0;
@@ -101,6 +113,11 @@ export class Sender implements StreamHost {
       throw new ServiceError('INVALID_CONFIG', `kernel must be one of ${KERNEL_CHOICES.map((k) => `'${k}'`).join(', ')}, got ${JSON.stringify(kernel)}`);
     }
     this.kernel = kernel;
+    const batchBytes = options.batchBytes ?? DEFAULT_BATCH_BYTES;
+    if (!Number.isSafeInteger(batchBytes) || batchBytes < 1 || batchBytes > MAX_BATCH_BYTES) {
+      throw new ServiceError('INVALID_CONFIG', `batchBytes must be an integer from 1 to ${MAX_BATCH_BYTES}, got ${batchBytes}`);
+    }
+    this.batchBytes = batchBytes;
     this.pool = new WorkerPool({ workers, allowFaults: options.allowFaults });
     this.maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.maxEpochBytes = options.maxEpochBytes ?? DEFAULT_MAX_EPOCH_BYTES;
@@ -201,7 +218,7 @@ export class Sender implements StreamHost {
     if (this.streams.size >= this.maxStreams) {
       throw new ServiceError('TOO_MANY_STREAMS', `${this.streams.size} streams are open, the limit is ${this.maxStreams}; delete one first`, 503);
     }
-    const needed = config.cacheBytes + Stream.initialSlabBytes(config);
+    const needed = config.cacheBytes + Stream.initialSlabBytes(config, this.batchBytes);
     const used = this.memoryInUse;
     if (used + needed > this.memoryBudgetBytes) {
       this.shed.MEMORY_BUDGET_EXCEEDED++;
@@ -215,10 +232,10 @@ export class Sender implements StreamHost {
       );
     }
     // All of a stream's caches and slabs share one wasm memory (4 GiB at most).
-    const problem = Stream.configProblem(config);
+    const problem = Stream.configProblem(config, this.batchBytes);
     if (problem !== null) throw new ServiceError('INVALID_CONFIG', problem);
     const id = `s${this.nextId++}`;
-    const stream = new Stream(id, config, this.pool, this.nextFirstWorker, this, this.kernel);
+    const stream = new Stream(id, config, this.pool, this.nextFirstWorker, this, this.kernel, this.batchBytes);
     this.nextFirstWorker = (this.nextFirstWorker + config.partitions) % this.pool.size;
     this.streams.set(id, stream);
     return stream;

@@ -82,8 +82,15 @@ export interface StreamHost {
 const BATCH_RING = 2;
 /** Frame slabs per stream: frames on the wire while the next fills. */
 const FRAME_SLABS = 3;
-/** Input bytes per batch: large enough to amortise a task round trip, small enough that frames leave early. */
-const BATCH_TARGET_BYTES = 4 * 1024 * 1024;
+/**
+ * Input bytes per batch, by default: large enough to amortise a task round
+ * trip, small enough that frames leave early. 8 MiB rather than 4: with the
+ * workers' pools posting the next task ahead (worker-pool.ts), 2 workers
+ * encode 1.62-1.72x what 1 does in steady state against 1.33-1.38x with 4
+ * MiB batches (docs/PERFORMANCE.md, Scaling); over HTTP the two are within
+ * noise. The Sender's batchBytes option sets it.
+ */
+export const DEFAULT_BATCH_BYTES = 8 * 1024 * 1024;
 
 interface Batch {
   first: number;
@@ -163,7 +170,10 @@ export class Stream implements InputSlabProvider {
   /** The running epoch's frame assembler, for the in-flight frame count. */
   private assembler: FrameAssembler | null = null;
 
-  constructor(id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number, host: StreamHost | null = null, kernel: KernelChoice = 'wasm') {
+  constructor(
+    id: string, config: StreamConfig, pool: WorkerPool, firstWorker: number, host: StreamHost | null = null, kernel: KernelChoice = 'wasm',
+    batchBytes = DEFAULT_BATCH_BYTES,
+  ) {
     this.id = id;
     this.config = config;
     this.pool = pool;
@@ -172,7 +182,7 @@ export class Stream implements InputSlabProvider {
     this.workerOf = Array.from({ length: config.partitions }, (_, k) => (firstWorker + k) % pool.size);
     this.cachedPerPartition = new Array<number>(config.partitions).fill(0);
     this.kernel = kernel;
-    const layout = slabLayout(config);
+    const layout = slabLayout(config, batchBytes);
     const problem = arenaProblem(config, layout);
     if (problem !== null) throw new ServiceError('INVALID_CONFIG', problem);
     this.layout = layout;
@@ -193,14 +203,14 @@ export class Stream implements InputSlabProvider {
    * created (before its first epoch), besides its cache pages: those are
    * counted as the config's cacheBytes (see slabBytes).
    */
-  static initialSlabBytes(config: StreamConfig): number {
-    const layout = slabLayout(config);
+  static initialSlabBytes(config: StreamConfig, batchBytes = DEFAULT_BATCH_BYTES): number {
+    const layout = slabLayout(config, batchBytes);
     return layout.inputStart - layout.cacheSlotBytes + layout.indexBytes;
   }
 
   /** Why a stream of this configuration cannot be made (its arena would pass wasm32's 4 GiB), or null. */
-  static configProblem(config: StreamConfig): string | null {
-    return arenaProblem(config, slabLayout(config));
+  static configProblem(config: StreamConfig, batchBytes = DEFAULT_BATCH_BYTES): string | null {
+    return arenaProblem(config, slabLayout(config, batchBytes));
   }
 
   /** Frames handed to the socket whose write has not completed yet (at most the 3 frame slabs). */
@@ -732,12 +742,13 @@ function arenaProblem(config: StreamConfig, layout: SlabLayout): string | null {
 }
 
 /**
- * The arena's layout: batch record regions, then the frame slabs, the
+ * The arena's layout for batches of about `batchBytes` of input (at least one
+ * digest group of pages): batch record regions, then the frame slabs, the
  * partitions' cache slabs and chunk scratches, then the input slab; and the
  * batch index's size.
  */
-function slabLayout(config: StreamConfig): SlabLayout {
-  const groupAligned = Math.floor(BATCH_TARGET_BYTES / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
+function slabLayout(config: StreamConfig, batchBytes: number): SlabLayout {
+  const groupAligned = Math.floor(batchBytes / config.pageSize / DIGEST_GROUP_PAGES) * DIGEST_GROUP_PAGES;
   const batchPages = Math.max(DIGEST_GROUP_PAGES, groupAligned);
   const recordBytes = recordRegionBytes(config.pageSize);
   const regionBytes = batchPages * recordBytes;

@@ -3,6 +3,9 @@ import { Piscina } from 'piscina';
 import { ENCODER_WORKER_FILE } from './package-root.js';
 import type { EncodeResult, WorkerData, WorkerTask } from '../workers/protocol.js';
 
+/** Tasks a worker holds at once: the one it runs and the next. */
+const TASKS_AHEAD = 2;
+
 export interface WorkerPoolOptions {
   /** Worker threads, each owning the cache partitions mapped to it. */
   workers: number;
@@ -52,6 +55,12 @@ export class WorkerPool {
         minThreads: 1,
         maxThreads: 1,
         idleTimeout: Infinity,
+        // The next task is posted while the previous one runs, so the worker
+        // starts it as soon as it is done instead of waiting for the main
+        // thread to take the result and post again (0.2-0.7 ms a task here).
+        // Tasks are synchronous: the one thread still runs them one at a
+        // time, in the order they were posted.
+        concurrentTasksPerWorker: TASKS_AHEAD,
         workerData,
       });
       // An idle worker that dies is reported as an 'error' event rather than
@@ -95,7 +104,7 @@ export class WorkerPool {
     this.crashes[worker] = { afterPages, skipTasks };
   }
 
-  /** Queue depth per worker: tasks waiting behind the running one. */
+  /** Queue depth per worker: tasks waiting in its pool (not counting the running one and the one posted ahead of it). */
   queueDepths(): number[] {
     return this.pools.map((p) => p.queueSize);
   }

@@ -25,7 +25,10 @@ let senderClient: SenderClient;
 let receiverClient: ReceiverClient;
 
 beforeEach(async () => {
-  sender = new Sender({ workers: 2, allowFaults: true });
+  // 4 MiB (1024-page) batches, so that an epoch of the trace below (1800
+  // dirty pages) takes two tasks a worker: a crash in the second comes after
+  // frames went out.
+  sender = new Sender({ workers: 2, allowFaults: true, batchBytes: 4 * 1024 * 1024 });
   senderApp = await buildApp({ sender: { sender } });
   receiverApp = await buildApp({ receiver: {} });
   senderClient = new SenderClient(await senderApp.listen({ host: '127.0.0.1', port: 0 }));

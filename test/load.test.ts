@@ -9,7 +9,7 @@ import { SenderClient } from '../src/client.js';
 import { hashImage } from '../src/digest.js';
 import { FrameSplitter } from '../src/frames.js';
 import { MemoryImage, Receiver } from '../src/receiver.js';
-import { DEFAULT_CACHE_POLICY, DEFAULT_CODEC, Sender, type SenderOptions } from '../src/sender.js';
+import { DEFAULT_CACHE_POLICY, DEFAULT_CODEC, MAX_BATCH_BYTES, Sender, type SenderOptions } from '../src/sender.js';
 import { Stream, type StreamConfig } from '../src/stream.js';
 import { generateEpochs, type GeneratedEpoch } from '../src/trace-gen.js';
 import { encodeEpochRecord, TraceImage } from '../src/trace.js';
@@ -268,5 +268,40 @@ describe('a slow reader', () => {
     expectImage(rxSlow, [slowEpoch]);
     await waitUntil('the slow stream is idle', () => !slowStream.busy);
     expect(slowStream.framesInFlight).toBe(0);
+  });
+});
+
+describe('batchBytes', () => {
+  it('sets the record regions a stream reserves: two batches of worst-case records and their index', () => {
+    const batchPages = (bytes: number): number => Math.max(64, Math.floor(bytes / PAGE / 64) * 64);
+    const small = Stream.initialSlabBytes(config(), 1024 * 1024);
+    const large = Stream.initialSlabBytes(config(), 8 * 1024 * 1024);
+    const morePages = 2 * (batchPages(8 * 1024 * 1024) - batchPages(1024 * 1024));
+    // Each page of a batch reserves at least a whole page of record region (a FULL record) and 4 bytes of index.
+    expect(large - small).toBeGreaterThanOrEqual(morePages * (PAGE + 4));
+    expect(large - small).toBeLessThan(morePages * (2 * PAGE + 4) + 8192);
+    // Less than one digest group of pages still makes a batch of one group.
+    expect(Stream.initialSlabBytes(config(), 1)).toBe(Stream.initialSlabBytes(config(), 64 * PAGE));
+  });
+
+  it('is refused outside 1 to MAX_BATCH_BYTES with INVALID_CONFIG', () => {
+    for (const batchBytes of [0, -1, 1.5, MAX_BATCH_BYTES + 1, Number.NaN]) {
+      expect(() => new Sender({ workers: 1, batchBytes }), String(batchBytes)).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+    }
+  });
+
+  it('one-group batches (64 pages) keep every epoch exact over many batches and ring turns, at every codec', async () => {
+    const epochs = [...generateEpochs({ seed: 31, epochs: 5, pages: 700, dirtyFraction: 0.6, profile: 'mixed' })];
+    const { client, url } = await start({ workers: 2, batchBytes: 64 * PAGE });
+    for (const codec of ['remus', 'xbzrle', 'remus-zstd'] as const) {
+      const stream = await client.createStream({ cacheBytes: 256 * PAGE, frameBytes: 64 * 1024, codec });
+      const rx = new Receiver({ pageSize: PAGE, image: new MemoryImage(PAGE) });
+      for (const [i, e] of epochs.entries()) {
+        const answer = await postEpochRaw(url, stream.id, encodeEpochRecord(i, e.pfns, e.kinds, e.pages, PAGE));
+        expect(answer.status, codec).toBe(200);
+        expect(applyFrames(rx, answer.body), codec).toBe(1);
+      }
+      expectImage(rx, epochs);
+    }
   });
 });

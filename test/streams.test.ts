@@ -29,6 +29,8 @@ import { FLAG_ABORT, FLAG_LAST, FLAG_RESYNC, FRAME_HEADER_BYTES, MAX_FRAME_BYTES
  */
 const PAGE = 4096;
 const OCTETS = 'application/octet-stream';
+/** The sender's batches in these tests: 1024 pages of 4 KiB. */
+const TEST_BATCH_BYTES = 4 * 1024 * 1024;
 /** Sequencing waits: generous, because the machine is shared; reaching one is a failure, not a timing measurement. */
 const WAIT_MS = 30_000;
 
@@ -39,7 +41,9 @@ let sender: SenderClient;
 let receiver: ReceiverClient;
 
 beforeAll(async () => {
-  senderApp = await buildApp({ sender: { workers: 2 } });
+  // 4 MiB (1024-page) batches: the tests of held-open and cut-off bodies
+  // need an epoch of the 12 MiB trace below to span several batches.
+  senderApp = await buildApp({ sender: { workers: 2, batchBytes: TEST_BATCH_BYTES } });
   receiverApp = await buildApp({ receiver: {} });
   senderUrl = await senderApp.listen({ host: '127.0.0.1', port: 0 });
   sender = new SenderClient(senderUrl);
