@@ -86,9 +86,10 @@ const FRAME_SLABS = 3;
  * Input bytes per batch, by default: large enough to amortise a task round
  * trip, small enough that frames leave early. 8 MiB rather than 4: with the
  * workers' pools posting the next task ahead (worker-pool.ts), 2 workers
- * encode 1.62-1.72x what 1 does in steady state against 1.33-1.38x with 4
- * MiB batches (docs/PERFORMANCE.md, Scaling); over HTTP the two are within
- * noise. The Sender's batchBytes option sets it.
+ * encode 1.48-1.77x what 1 does in steady state (remus-zstd; remus
+ * 1.34-1.55x) against 1.33-1.40x with 4 MiB batches and no task ahead
+ * (docs/PERFORMANCE.md, Scaling); over HTTP the two are within noise. The
+ * Sender's batchBytes option sets it.
  */
 export const DEFAULT_BATCH_BYTES = 8 * 1024 * 1024;
 
