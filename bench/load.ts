@@ -21,7 +21,7 @@ import { packageRoot } from '../src/package-root.js';
 import { encodeEpochRecord } from '../src/trace.js';
 import { SERVICE_NODE_FLAGS } from '../src/node-flags.js';
 import { EPOCH_CONTENT_TYPE } from '../src/content-types.js';
-import { xorshift32 } from './xorshift.js';
+import { xorshift32 } from '../src/xorshift.js';
 
 const PAGE_SIZE = 4096;
 const MIB = 1024 * 1024;

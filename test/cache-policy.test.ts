@@ -1,3 +1,4 @@
+import { exerciseCachePartitions } from '../workers/cache-partition.js';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { FrameSink } from '../src/merge.js';
@@ -5,7 +6,7 @@ import { MemoryImage, Receiver } from '../src/receiver.js';
 import { Sender } from '../src/sender.js';
 import { encodeEpochRecord } from '../src/trace.js';
 import { CACHE_POLICIES, FrequencySketch, LruSlots, TinyLfuSlots, createSlotPolicy, type CachePolicyName, type SlotPolicy } from '../workers/cache-policy.js';
-import { xorshift32 } from '../bench/xorshift.js';
+import { xorshift32 } from '../src/xorshift.js';
 import { createOraclePolicy } from './cache-policy-oracle.js';
 
 type Op = { kind: 'use'; pfn: number } | { kind: 'remove'; pfn: number };
@@ -382,5 +383,19 @@ describe('cache policies in a stream', () => {
     expect(lru.hits).toBe(0);
     expect(tiny.hits).toBeGreaterThan(0.8 * HOT * 9);
     expect(tiny.bytesOut).toBeLessThan(lru.bytesOut);
+  });
+});
+
+describe('exerciseCachePartitions (run once by every worker before its first task)', () => {
+  it('takes both policies through hits, misses, evictions and removes, the same way every time', () => {
+    const first = exerciseCachePartitions();
+    for (const policy of CACHE_POLICIES) {
+      const c = first[policy];
+      expect(c.hits, policy).toBeGreaterThan(0);
+      expect(c.misses, policy).toBeGreaterThan(0);
+      expect(c.evictions, policy).toBeGreaterThan(0);
+      expect(c.removes, policy).toBeGreaterThan(0);
+    }
+    expect(exerciseCachePartitions()).toEqual(first);
   });
 });

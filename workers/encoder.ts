@@ -1,5 +1,5 @@
 import { workerData } from 'piscina';
-import { CachePartition } from './cache-partition.js';
+import { CachePartition, exerciseCachePartitions } from './cache-partition.js';
 import type { EncodeResult, EncodeTask, InvalidateTask, WorkerData, WorkerTask } from './protocol.js';
 import { encodeRemusDelta, encodeRemusFull, isZeroPage } from '../src/codec/remus.js';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, hashDigestGroup } from '../src/digest.js';
@@ -25,6 +25,11 @@ let ownScratch: Uint8Array | null = null;
 const { allowFaults } = (workerData ?? { allowFaults: false }) as WorkerData;
 /** Exit status of a worker killed by fault injection (EX_SOFTWARE). */
 const EXIT_INJECTED_FAULT = 70;
+
+// Before the first task: every path of the cache bookkeeping, so that V8
+// never optimizes the encode loop around a branch it has not seen (see
+// exerciseCachePartitions).
+exerciseCachePartitions();
 
 function partitionKey(stream: string, partition: number): string {
   return `${stream}/${partition}`;

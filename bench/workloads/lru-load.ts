@@ -13,7 +13,7 @@
 import { Agent, request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { xorshiftUnit } from '../xorshift.js';
+import { xorshiftUnit } from '../../src/xorshift.js';
 
 const TAGS = ['red', 'green', 'blue', 'cyan', 'magenta', 'yellow', 'black', 'white', 'grey', 'orange'];
 

@@ -18,7 +18,7 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { parseArgs } from 'node:util';
-import { xorshiftUnit } from '../xorshift.js';
+import { xorshiftUnit } from '../../src/xorshift.js';
 
 interface HistoryItem {
   at: number;
