@@ -1,6 +1,7 @@
 /**
- * xorshift32: a small deterministic PRNG, so that a bench or a workload
- * makes the same load every run. Returns the next value, 1..2^32-1.
+ * xorshift32: a small deterministic PRNG, so that a bench, a workload or a
+ * worker's start-up exercise (workers/cache-partition.ts) does the same
+ * thing every run. Returns the next value, 1..2^32-1.
  */
 export function xorshift32(seed: number): () => number {
   let x = seed >>> 0 || 1;
