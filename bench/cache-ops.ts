@@ -3,7 +3,7 @@
  * the lru-cache originals (test/cache-policy-oracle.ts, "old") against the
  * typed-array policies the workers run (workers/cache-policy.ts, "new").
  * Every page of every epoch goes through one partition of the budget in the
- * order and with the calls the worker makes (workers/encoder.ts planPages):
+ * order and with the calls the worker makes (workers/encoder.ts, encode):
  * a raw page is removed; any other is looked up, and inserted on a miss.
  *
  *   npm run build && node dist/bench/cache-ops.js --trace T [--trace T2 ...] [--mib 32] [--runs 2] [--pages 2000000]
@@ -24,6 +24,7 @@ import { KIND_RAW } from '../src/epoch-record.js';
 import { openTrace } from '../src/trace.js';
 import { createOraclePolicy } from '../test/cache-policy-oracle.js';
 import { CACHE_POLICIES, createSlotPolicy, type CachePolicyName, type SlotPolicy } from '../workers/cache-policy.js';
+import { median } from './stats.js';
 
 /** old: the lru-cache originals; new: the typed-array policies. */
 type Impl = 'old' | 'new';
@@ -126,12 +127,6 @@ function inThread(req: RunRequest): Promise<RunResult> {
     worker.once('message', resolve);
     worker.once('error', reject);
   });
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function main(): Promise<void> {

@@ -62,6 +62,7 @@ import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
 import { CODEC_REMUS, CODEC_REMUS_ZSTD, CODEC_XBZRLE, RECORD_ZERO } from '../src/wire.js';
 import { ChunkReader, chunkLimitBytes } from '../src/codec/chunk.js';
 import { DEFAULT_FRAME_BYTES } from '../src/sender.js';
+import { median } from './stats.js';
 
 /** The lz4 package ships no types; the two block calls of its C binding that we use. */
 interface Lz4Binding {
@@ -801,12 +802,6 @@ export interface MeasureOptions {
   codecs?: readonly CodecName[];
   /** Our cache budget (default the seed's 32 MiB). */
   cacheBytes?: number;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 function speed(bytes: number, nsPerPass: number[]): Speed | null {

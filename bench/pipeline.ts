@@ -29,6 +29,7 @@ import { Sender, isKernelChoice, KERNEL_CHOICES } from '../src/sender.js';
 import type { KernelChoice } from '../workers/protocol.js';
 import type { FrameSink } from '../src/merge.js';
 import { makeEpochs } from './load.js';
+import { median } from './stats.js';
 import { parseTrace } from '../src/trace.js';
 import { CACHE_POLICIES, isCachePolicyName } from '../workers/cache-policy.js';
 import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
@@ -95,15 +96,13 @@ for (const codec of codecs as CodecName[]) for (const workers of values.workers.
         encodeNs += summary.encodeWallNs;
       }
     }
-    rates.sort((a, b) => a - b);
-    encodeRates.sort((a, b) => a - b);
     const hash = framesHash.digest('hex');
     firstHash ??= hash;
     if (check && hash !== firstHash) throw new Error(`${codec}, ${workers} worker(s): the ${kernel} kernel's frames differ from the ${kernels[0]} kernel's`);
     console.log(
       `${codec}, ${workers} worker(s), ${kernel}, ${source}${cacheBytes === undefined ? '' : `, cache ${cacheBytes} bytes`}, ${cachePolicy}: ` +
-        `epoch median ${rates[rates.length >> 1].toFixed(2)} GB/s, best ${rates[rates.length - 1].toFixed(2)} over ${rates.length} epochs; ` +
-        `encode stage ${(bytesIn / encodeNs).toFixed(2)} GB/s over all those epochs, median epoch ${encodeRates[encodeRates.length >> 1].toFixed(2)} ` +
+        `epoch median ${median(rates).toFixed(2)} GB/s, best ${Math.max(...rates).toFixed(2)} over ${rates.length} epochs; ` +
+        `encode stage ${(bytesIn / encodeNs).toFixed(2)} GB/s over all those epochs, median epoch ${median(encodeRates).toFixed(2)} ` +
         `(first dispatch to digest); out/in ${(bytesOut / bytesIn).toFixed(4)}`,
     );
     await sender.close();

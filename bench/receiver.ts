@@ -40,6 +40,7 @@ import { packageRoot } from '../src/package-root.js';
 import { MemoryImage, Receiver, type ReceiverOptions } from '../src/receiver.js';
 import { Sender } from '../src/sender.js';
 import { parseTrace, TraceImage, type TraceEpoch } from '../src/trace.js';
+import { median } from './stats.js';
 import { CODEC_NAMES, isCodecName, type CodecName } from '../src/wire.js';
 
 const DEFAULT_TRACE = join(packageRoot(), '..', 'shared', 'traces', 'python-small.rmtr');
@@ -108,10 +109,6 @@ function samePages(rx: Receiver, oracle: TraceImage): boolean {
     if (Buffer.compare(got, oracle.get(pfn) as Uint8Array) !== 0) return false;
   }
   return true;
-}
-
-function median(sorted: number[]): number {
-  return sorted[sorted.length >> 1];
 }
 
 function load(): string {
@@ -184,10 +181,9 @@ async function main(): Promise<void> {
         runs.push(run);
       }
       for (const run of runs) {
-        const sorted = [...run.rates].sort((a, b) => a - b);
         if (!run.imageEqual) failed = true;
         console.log(
-          `  ${codec.padEnd(10)} ${run.kernel.padEnd(7)}: best ${sorted[sorted.length - 1].toFixed(2)} GB/s, median ${median(sorted).toFixed(2)} GB/s ` +
+          `  ${codec.padEnd(10)} ${run.kernel.padEnd(7)}: best ${Math.max(...run.rates).toFixed(2)} GB/s, median ${median(run.rates).toFixed(2)} GB/s ` +
             `over ${passes} passes (${frameCount} frames, ${(wire / 1e6).toFixed(2)} MB on the wire, out/in ${(wire / dirtyBytes).toFixed(4)}); ` +
             `${run.imageEqual ? 'image equal' : 'IMAGE DIFFERS'}`,
         );

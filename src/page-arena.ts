@@ -5,8 +5,7 @@
  * (src/codec/remus-wasm.ts) decodes records straight into staging. A memory
  * image's pages are NOT here (they live in Buffer chunks in the process's
  * memory, see MemoryImage in src/receiver.ts): a page moves between the image
- * and the staging by one Buffer.copy (a memmove by offsets, through
- * `buffer`), with no view made by the receiver per page.
+ * and the staging by the image's read() and write(), one memmove each.
  *
  * Regions are handed out by a bump allocator and never freed: staging keeps
  * its blocks for its life (a reset staging reuses them), so nothing
@@ -46,11 +45,6 @@ export class PageArena {
   /** Bytes handed out so far. */
   get allocated(): number {
     return this.top;
-  }
-
-  /** Bytes the memory has now (it grows on demand). */
-  get size(): number {
-    return this.view.byteLength;
   }
 
   /** A region of `bytes` bytes; its offset, or -1 when the memory cannot grow that far (4 GiB, or the host refused). */

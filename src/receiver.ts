@@ -773,7 +773,7 @@ export class Receiver {
   private readonly maxEpochRecords: number;
   /** Page memory: staging and scratch (a MemoryImage's arena, else one of its own), see the file comment. */
   private readonly arena: PageArena;
-  /** The image when it is a MemoryImage: its pages are copied to and from the arena by offset. */
+  /** The image when it is a MemoryImage: a commit first asks it for room (makeRoom), so that no write allocates. */
   private readonly memImage: MemoryImage | null;
   /** The wasm kernel over `arena`; null with kernel 'js'. */
   private readonly wasm: RemusWasmKernel | null;

@@ -507,6 +507,12 @@ class TightArena extends PageArena {
   }
 }
 
+/** `count` pages at pfns base, base + 1, ...: one in 50 random, the others zero (so that their frames stay small). */
+function sparsePages(rng: Prng, ps: number, base: number, count: number): Array<[number, Uint8Array]> {
+  const zero = new Uint8Array(ps);
+  return Array.from({ length: count }, (_, i) => [base + i, i % 50 === 0 ? rng.page(ps) : zero]);
+}
+
 /** A memory image whose chunk allocations fail while `fail` is set, as a process out of memory would. */
 class FailingImage extends MemoryImage {
   fail = false;
@@ -552,8 +558,7 @@ describe('Receiver: the memory bound', () => {
       const rx = new Receiver({ pageSize: ps, image, kernel: kernelChoice });
       const model = new SenderModel(ps);
       const rng = new Prng(9);
-      const zero = new Uint8Array(ps);
-      const r1 = model.records(Array.from({ length: 250 }, (_, i) => [i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      const r1 = model.records(sparsePages(rng, ps, 0, 250));
       for (const f of epochFrames(r1, { epoch: 1, pageSize: ps, resync: true, recordsPerFrame: 64 })) rx.applyFrame(f);
       model.commit(1, r1, true);
       // 20 new pfns: the image needs a second chunk.
@@ -585,8 +590,7 @@ describe('Receiver: the memory bound', () => {
       const rx = new Receiver({ pageSize: ps, image, kernel: kernelChoice });
       const model = new SenderModel(ps);
       const rng = new Prng(11);
-      const zero = new Uint8Array(ps);
-      const r1 = model.records(Array.from({ length: 250 }, (_, i) => [i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      const r1 = model.records(sparsePages(rng, ps, 0, 250));
       for (const f of epochFrames(r1, { epoch: 1, pageSize: ps, resync: true, recordsPerFrame: 64 })) rx.applyFrame(f);
       model.commit(1, r1, true);
       // Frame 0 of epoch 2 sizes the frame copy; from then on the arena has no room left at all.
@@ -601,10 +605,10 @@ describe('Receiver: the memory bound', () => {
       expectImage(rx, model);
       // Two more epochs of 250 new pfns each (mostly zero pages, so the frames fit the frame copy), the
       // second one restarted by a whole LAST frame over its staged frame 0: 770 pages, four chunks.
-      const r3 = model.records(Array.from({ length: 250 }, (_, i) => [2000 + i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      const r3 = model.records(sparsePages(rng, ps, 2000, 250));
       for (const f of epochFrames(r3, { epoch: 3, pageSize: ps, recordsPerFrame: 64 })) rx.applyFrame(f);
       model.commit(3, r3, false);
-      const r4 = model.records(Array.from({ length: 250 }, (_, i) => [3000 + i, i % 50 === 0 ? rng.page(ps) : zero] as [number, Uint8Array]));
+      const r4 = model.records(sparsePages(rng, ps, 3000, 250));
       rx.applyFrame(epochFrames(r4, { epoch: 4, pageSize: ps, recordsPerFrame: 64 })[0]);
       const [whole] = epochFrames(r4, { epoch: 4, pageSize: ps });
       expect(rx.applyFrame(whole).committed).toBe(true);
@@ -614,6 +618,7 @@ describe('Receiver: the memory bound', () => {
       expect(image.chunkBytes).toBe(4 * 16 * 2 ** 20);
       expect(arena.allocated).toBe(allocated);
       // Staging still cannot grow: a 300-page epoch needs a fifth staging block.
+      const zero = new Uint8Array(ps);
       const r5 = model.records(Array.from({ length: 300 }, (_, i) => [i, zero] as [number, Uint8Array]));
       const before = receiverSnapshot(rx);
       expect(refusal(rx, epochFrames(r5, { epoch: 5, pageSize: ps })[0]).code).toBe('FRAME_MEMORY_FULL');
