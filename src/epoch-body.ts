@@ -1,5 +1,6 @@
 import { ServiceError } from './errors.js';
 import { EPOCH_HEADER_BYTES, epochLayout, parseEpochHeader, validateEpochMetadata, type EpochLayout } from './epoch-record.js';
+import { copyInto } from './shared-copy.js';
 
 const STOPPED = Symbol('stopped');
 
@@ -156,7 +157,7 @@ export class EpochBodyReader {
       throw new ServiceError('EPOCH_BODY_TOO_LONG', `body goes on past the end of the epoch record at byte ${meta.layout.totalBytes}`);
     }
     const before = this.received;
-    meta.input.set(offset === 0 ? chunk : chunk.subarray(offset), before);
+    copyInto(meta.input, before, offset === 0 ? chunk : chunk.subarray(offset));
     this.received += rest;
     if (before < meta.layout.pageOffset && this.received >= meta.layout.pageOffset) {
       validateEpochMetadata(meta.input, meta.count, meta.layout, this.limits.pfnLimit, this.slabs.pfnScratch(meta.count));

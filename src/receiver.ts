@@ -27,6 +27,7 @@ import { readPfn, writePfn } from './epoch-record.js';
 import { ARENA_MAX_BYTES, PageArena } from './page-arena.js';
 import { PfnTable, pfnHigh, pfnLow, pfnOf } from './pfn-table.js';
 import { CodecError, FrameError, ServiceError } from './errors.js';
+import { copyInto } from './shared-copy.js';
 import { computeFrameCrc, FRAME_FIELD, hasFrameMagic, readFrameHeader, readU32, writeU32, type FrameHeader } from './frames.js';
 import {
   CODEC_REMUS_ZSTD,
@@ -964,7 +965,7 @@ export class Receiver {
       this.frameCopy = offset;
       this.frameCopyBytes = bytes;
     }
-    this.arena.bytes.set(frame, this.frameCopy);
+    copyInto(this.arena.bytes, this.frameCopy, frame);
   }
 
   /** Room in a MemoryImage for `pages` pages about to be committed (always, for other stores); false when the process cannot allocate it. */
