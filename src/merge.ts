@@ -14,8 +14,18 @@ export interface FrameSink {
   write(frame: Buffer, release: (err?: Error | null) => void): void;
 }
 
-/** Records shorter than this are copied by a JS loop: cheaper than a native call. */
+/** Records shorter than this are copied by a JS loop: cheaper than a call into wasm. */
 const SMALL_COPY_BYTES = 64;
+
+/**
+ * Moves bytes within the work buffer: the stream's wasm kernel, whose
+ * memory.copy is a memmove. `copyWithin` on shared memory copies with
+ * relaxed atomics instead, 2.4-3 GB/s for 4 KiB records against 13.5
+ * (docs/PERFORMANCE.md, "Copies into shared memory").
+ */
+export interface ByteMover {
+  copy(dst: number, src: number, n: number): void;
+}
 
 export interface FrameFields {
   epoch: number;
@@ -31,11 +41,12 @@ export interface FrameFields {
  * `frameBytes`, and hands each frame to the sink as soon as it is full. Frames
  * are built in a few slabs at the end of the stream's work buffer, the same
  * buffer the workers write records into, so a record moves with one
- * `copyWithin` and no view is made per page. A slab is reused only after the
+ * memmove in wasm and no view is made per page. A slab is reused only after the
  * sink released it; when all are out, the merge waits (backpressure).
  */
 export class FrameAssembler {
   private readonly work: Uint8Array;
+  private readonly mover: ByteMover;
   private readonly slabStarts: readonly number[];
   private readonly frameBytes: number;
   private readonly sink: FrameSink;
@@ -54,8 +65,9 @@ export class FrameAssembler {
   framesWritten = 0;
   bytesWritten = 0;
 
-  constructor(work: Uint8Array, slabStarts: readonly number[], frameBytes: number, sink: FrameSink, fields: FrameFields) {
+  constructor(work: Uint8Array, mover: ByteMover, slabStarts: readonly number[], frameBytes: number, sink: FrameSink, fields: FrameFields) {
     this.work = work;
+    this.mover = mover;
     this.slabStarts = slabStarts;
     this.frameBytes = frameBytes;
     this.sink = sink;
@@ -92,7 +104,7 @@ export class FrameAssembler {
     if (length < SMALL_COPY_BYTES) {
       for (let i = 0; i < length; i++) work[dst++] = work[offset + i];
     } else {
-      work.copyWithin(dst, offset, offset + length);
+      this.mover.copy(dst, offset, length);
       dst += length;
     }
     this.pos = dst;

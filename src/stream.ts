@@ -9,7 +9,7 @@ import { addEncodeCounters, emptyEncodeCounters, type EncodeCounters, type Encod
 import { FLAG_RESYNC, codecByte, pageShiftOf, type CodecName } from './wire.js';
 import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, chunkLimitBytes } from './codec/chunk.js';
 import type { CachePolicyName } from '../workers/cache-policy.js';
-import { createKernelMemory, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory } from './codec/remus-wasm.js';
+import { createKernelMemory, instantiateRemusWasm, KERNEL_MAX_MEMORY_PAGES, WASM_PAGE_BYTES, type KernelMemory, type RemusWasmKernel } from './codec/remus-wasm.js';
 
 export interface StreamConfig {
   pageSize: number;
@@ -132,10 +132,12 @@ export class Stream implements InputSlabProvider {
    * record as received), from `inputStart` to the end. One memory, so that
    * the workers' wasm kernel reads input pages, compares and updates cache
    * slots and writes records in one address space, and the merge copies
-   * records into frames with copyWithin: native, and no view per page. Only
-   * the input slab grows (memory.grow, in place, between epochs).
+   * records into frames with the kernel's memmove (`mover`), no view per
+   * page. Only the input slab grows (memory.grow, in place, between epochs).
    */
   private readonly memory: KernelMemory;
+  /** This thread's instance of the kernel over `memory`, for the merge's copies. */
+  private readonly mover: RemusWasmKernel;
   /** The memory's buffer as of the last grow. */
   private arena: SharedArrayBuffer;
   private arena8: Uint8Array;
@@ -192,6 +194,7 @@ export class Stream implements InputSlabProvider {
     this.sharder = new BatchSharder(config.partitions, this.batchPages);
     this.memory = createKernelMemory(layout.inputStart, layout.maxArenaBytes);
     this.arena = this.memory.buffer as SharedArrayBuffer;
+    this.mover = instantiateRemusWasm(this.memory);
     this.arena8 = new Uint8Array(this.arena);
     this.input8 = new Uint8Array(this.arena, layout.inputStart, 0);
     this.frameSlabStarts = Array.from({ length: FRAME_SLABS }, (_, i) => layout.framesStart + i * layout.slabStride);
@@ -368,7 +371,7 @@ export class Stream implements InputSlabProvider {
       this.ensureEpochSlabs(count);
       // Counters of this epoch, added to the stream's only when it commits.
       const pass = emptyEncodeCounters();
-      assembler = new FrameAssembler(this.arena8, this.frameSlabStarts, this.config.frameBytes, sink, {
+      assembler = new FrameAssembler(this.arena8, this.mover, this.frameSlabStarts, this.config.frameBytes, sink, {
         epoch: meta.epoch,
         pageShift: this.pageShift,
         flags: resync ? FLAG_RESYNC : 0,
