@@ -1,3 +1,4 @@
+import { Readable, finished } from 'node:stream';
 import { ServiceError } from './errors.js';
 import { EPOCH_HEADER_BYTES, epochLayout, parseEpochHeader, validateEpochMetadata, type EpochLayout } from './epoch-record.js';
 import { copyInto } from './shared-copy.js';
@@ -45,12 +46,13 @@ export class EpochBodyReader {
   private done = false;
   private wake: (() => void) | null = null;
   /**
-   * Set while the pump waits for the source's next chunk: abort() calls it to
-   * end that wait at once. A fresh one per wait, not one long-lived 'stopped'
-   * promise raced against every read: each Promise.race adds a reaction to
-   * the promise it races, and a promise that never settles keeps them all,
-   * with every chunk they resolved to (a whole epoch body of 64 KiB socket
-   * buffers held until the epoch ended, measured in the load bench).
+   * Set while the pump waits for the source: abort() calls it to end that
+   * wait at once. For an iterable, a fresh one per wait, not one long-lived
+   * 'stopped' promise raced against every read: each Promise.race adds a
+   * reaction to the promise it races, and a promise that never settles keeps
+   * them all, with every chunk they resolved to (a whole epoch body of
+   * 64 KiB socket buffers held until the epoch ended, measured in the load
+   * bench).
    */
   private interruptWait: (() => void) | null = null;
 
@@ -65,9 +67,67 @@ export class EpochBodyReader {
   /**
    * Consume `source` to its end; failures are kept and reported to waiters.
    * After `abort()` it stops at once, without waiting for a chunk that a
-   * stalled client may never send.
+   * stalled client may never send. A Node readable (an HTTP request) is read
+   * through its 'data' events, an iterable by iterating it.
    */
-  async pump(source: AsyncIterable<Uint8Array>): Promise<void> {
+  async pump(source: AsyncIterable<Uint8Array> | Readable): Promise<void> {
+    try {
+      if (source instanceof Readable) await this.drainReadable(source);
+      else await this.drainIterable(source);
+      if (this.meta === null || this.received < this.meta.layout.totalBytes) {
+        const expected = this.meta === null ? EPOCH_HEADER_BYTES : this.meta.layout.totalBytes;
+        throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes; the epoch record needs ${expected}`);
+      }
+    } catch (err) {
+      if (this.failure === null) this.failure = err instanceof Error ? err : new Error(String(err));
+    } finally {
+      this.done = true;
+      this.notify();
+    }
+  }
+
+  /**
+   * Read a readable through 'data' events (flowing mode): each chunk is
+   * copied into the slab as it is emitted and is garbage at once. Through
+   * its async iterator instead, every chunk passed through the request's
+   * read buffer, which by then lived in V8's old generation (an epoch
+   * outlasts two scavenges): its old-to-new pointers kept each chunk alive
+   * through the scavenges, promoted, and a whole body's socket buffers
+   * waited for a full collection, about one every epoch or two of 8 MiB
+   * (docs/PERFORMANCE.md, "End to end"). On failure or abort the body is
+   * paused, its rest unread.
+   */
+  private drainReadable(body: Readable): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const settle = (err: Error | null): void => {
+        if (settled) return;
+        settled = true;
+        body.off('data', onData);
+        stopWatching();
+        this.interruptWait = null;
+        if (err === null) {
+          resolve();
+        } else {
+          body.pause();
+          reject(err);
+        }
+      };
+      const onData = (chunk: Uint8Array): void => {
+        try {
+          this.accept(chunk);
+        } catch (err) {
+          settle(err instanceof Error ? err : new Error(String(err)));
+        }
+      };
+      const stopWatching = finished(body, { writable: false }, (err) => settle(err ?? null));
+      this.interruptWait = () => settle(this.failure ?? new Error('stopped'));
+      if (this.failure !== null) settle(this.failure);
+      else body.on('data', onData);
+    });
+  }
+
+  private async drainIterable(source: AsyncIterable<Uint8Array>): Promise<void> {
     const iterator = source[Symbol.asyncIterator]();
     let finished = false;
     try {
@@ -80,17 +140,9 @@ export class EpochBodyReader {
         this.accept(next.value);
       }
       finished = true;
-      if (this.meta === null || this.received < this.meta.layout.totalBytes) {
-        const expected = this.meta === null ? EPOCH_HEADER_BYTES : this.meta.layout.totalBytes;
-        throw new ServiceError('EPOCH_TRUNCATED', `body ends after ${this.received} bytes; the epoch record needs ${expected}`);
-      }
-    } catch (err) {
-      if (this.failure === null) this.failure = err instanceof Error ? err : new Error(String(err));
     } finally {
       // Let go of the source without waiting: a read may still be pending.
       if (!finished) iterator.return?.()?.catch(() => undefined);
-      this.done = true;
-      this.notify();
     }
   }
 

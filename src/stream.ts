@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest } from './digest.js';
 import { EpochBodyReader, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
 import { ServiceError } from './errors.js';
@@ -312,7 +313,7 @@ export class Stream implements InputSlabProvider {
    * every partition, and if frames had already gone out an ABORT frame has
    * followed them.
    */
-  async runEpoch(source: AsyncIterable<Uint8Array>, declaredLength: number | null, sink: FrameSink, signal?: AbortSignal): Promise<EpochSummary> {
+  async runEpoch(source: AsyncIterable<Uint8Array> | Readable, declaredLength: number | null, sink: FrameSink, signal?: AbortSignal): Promise<EpochSummary> {
     this.checkOpen();
     if (this.running !== null || this.maintenance !== null) {
       throw new ServiceError('EPOCH_IN_PROGRESS', `stream ${this.id} is busy with another epoch; epochs of one stream run one at a time`, 409);
@@ -341,7 +342,7 @@ export class Stream implements InputSlabProvider {
   }
 
   private async execute(
-    source: AsyncIterable<Uint8Array>,
+    source: AsyncIterable<Uint8Array> | Readable,
     declaredLength: number | null,
     sink: FrameSink,
     signal: AbortSignal,

@@ -1,4 +1,6 @@
+import { PassThrough } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
+import fc from 'fast-check';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { EpochBodyReader, type InputSlabProvider } from '../src/epoch-body.js';
@@ -104,5 +106,102 @@ describe('EpochBodyReader', () => {
     await r.pump(source());
     expect(pulled).toBe(0);
     await expect(r.finished()).rejects.toBe(reason);
+  });
+
+  describe('from a Node readable (an HTTP request), through its data events', () => {
+    it('copies the body exactly, however it is split into chunks', async () => {
+      const body = epochBody();
+      await fc.assert(
+        fc.asyncProperty(fc.uniqueArray(fc.integer({ min: 1, max: body.length - 1 }), { maxLength: 40 }), async (cuts) => {
+          const bounds = [0, ...cuts.sort((a, b) => a - b), body.length];
+          const request = new PassThrough();
+          const r = reader(body);
+          const pumped = r.pump(request);
+          for (let i = 0; i + 1 < bounds.length; i++) request.write(body.slice(bounds[i], bounds[i + 1]));
+          request.end();
+          await pumped;
+          await r.finished();
+          const meta = await r.metadata();
+          expect(Buffer.from(meta.input.subarray(0, body.length)).equals(Buffer.from(body))).toBe(true);
+        }),
+        { numRuns: 50 },
+      );
+    });
+
+    it('lets go of every chunk it has copied while the body is still arriving', async () => {
+      const body = epochBody();
+      const chunkBytes = 1024;
+      const request = new PassThrough();
+      const r = reader(body);
+      const pumped = r.pump(request);
+      const refs: WeakRef<Uint8Array>[] = [];
+      for (let at = 0; at + chunkBytes < body.length; at += chunkBytes) {
+        const chunk = body.slice(at, at + chunkBytes);
+        refs.push(new WeakRef(chunk));
+        request.write(chunk);
+      }
+      await until(() => r.hasPages(PAGES - 1));
+      await new Promise((resolve) => setImmediate(resolve));
+      collectGarbage();
+      await new Promise((resolve) => setImmediate(resolve));
+      collectGarbage();
+      // The PassThrough's transform still holds the chunk written last.
+      expect(refs.slice(0, -1).filter((ref) => ref.deref() !== undefined).length).toBe(0);
+      request.end(body.slice(refs.length * chunkBytes));
+      await pumped;
+      await r.finished();
+    });
+
+    it('a body that ends early is EPOCH_TRUNCATED', async () => {
+      const body = epochBody();
+      const request = new PassThrough();
+      const r = reader(body);
+      const pumped = r.pump(request);
+      request.end(body.slice(0, body.length - 1));
+      await pumped;
+      await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_TRUNCATED' });
+    });
+
+    it('a request destroyed mid-body fails the read', async () => {
+      const body = epochBody();
+      const request = new PassThrough();
+      const r = reader(body);
+      const pumped = r.pump(request);
+      request.write(body.slice(0, 5000));
+      await until(() => r.hasPages(1));
+      request.destroy();
+      await pumped;
+      await expect(r.finished()).rejects.toMatchObject({ code: 'ERR_STREAM_PREMATURE_CLOSE' });
+    });
+
+    it('abort stops a stalled body at once and leaves the rest of it unread', async () => {
+      const body = epochBody();
+      const request = new PassThrough();
+      const r = reader(body);
+      const pumped = r.pump(request);
+      request.write(body.slice(0, 5000));
+      await until(() => r.hasPages(1));
+      const reason = new Error('stream deleted');
+      r.abort(reason);
+      await pumped;
+      await expect(r.finished()).rejects.toBe(reason);
+      request.write(body.slice(5000, 9000));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(request.isPaused()).toBe(true);
+      expect(request.readableLength).toBe(4000);
+      expect(r.hasPages(2)).toBe(false);
+    });
+
+    it('a body that goes on past its record stops there with EPOCH_BODY_TOO_LONG, the rest unread', async () => {
+      const body = epochBody();
+      const request = new PassThrough();
+      const r = reader(body);
+      const pumped = r.pump(request);
+      request.write(Buffer.concat([body, Buffer.alloc(10)]));
+      request.write(Buffer.alloc(100));
+      await pumped;
+      await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_BODY_TOO_LONG' });
+      expect(request.isPaused()).toBe(true);
+    });
   });
 });

@@ -206,9 +206,10 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
         if (!reply.raw.writableFinished) cut.abort(new ServiceError('CLIENT_DISCONNECTED', 'the client closed the connection before the epoch was sent', 499));
       });
       try {
-        // Iterate without destroying the request on error, so that an error
-        // found before the first frame can still be answered as JSON.
-        const summary = await stream.runEpoch(body.iterator({ destroyOnReturn: false }), declared === undefined ? null : Number(declared), sink, cut.signal);
+        // The body reader pauses the request on an error rather than
+        // destroying it, so that an error found before the first frame can
+        // still be answered as JSON.
+        const summary = await stream.runEpoch(body, declared === undefined ? null : Number(declared), sink, cut.signal);
         options.metrics?.observeEpoch(stream, summary);
         request.log.debug(
           { stream: stream.id, epoch: summary.epoch, pages: summary.pages, bytesIn: summary.bytesIn, bytesOut: summary.bytesOut, frames: summary.frames, resync: summary.resync, ms: summary.wallNs / 1e6 },
