@@ -1,5 +1,6 @@
 import { Readable, finished } from 'node:stream';
 import { ServiceError } from './errors.js';
+import { bodyGcPacer } from './gc-pacer.js';
 import { EPOCH_HEADER_BYTES, epochLayout, parseEpochHeader, validateEpochMetadata, type EpochLayout } from './epoch-record.js';
 import { copyInto } from './shared-copy.js';
 
@@ -94,8 +95,9 @@ export class EpochBodyReader {
    * outlasts two scavenges): its old-to-new pointers kept each chunk alive
    * through the scavenges, promoted, and a whole body's socket buffers
    * waited for a full collection, about one every epoch or two of 8 MiB
-   * (docs/PERFORMANCE.md, "End to end"). On failure or abort the body is
-   * paused, its rest unread.
+   * (docs/PERFORMANCE.md, "End to end"). The chunks are counted toward
+   * the GC pacer (gc-pacer.ts), which frees them while they are young. On
+   * failure or abort the body is paused, its rest unread.
    */
   private drainReadable(body: Readable): Promise<void> {
     return new Promise<void>((resolve, reject) => {
@@ -115,6 +117,7 @@ export class EpochBodyReader {
       };
       const onData = (chunk: Uint8Array): void => {
         try {
+          bodyGcPacer.noteBodyBytes(chunk.length);
           this.accept(chunk);
         } catch (err) {
           settle(err instanceof Error ? err : new Error(String(err)));
