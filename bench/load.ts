@@ -127,18 +127,20 @@ async function stopServer(server: Server): Promise<void> {
 
 /**
  * The transfer ceiling: a bare node:http server in its own process that
- * copies each request body into a SharedArrayBuffer (as the sender's body
- * reader does) and answers with its length. What an epoch costs before any
- * compression at all.
+ * copies each request body into a SharedArrayBuffer as the sender's body
+ * reader does (data events, a memcpy by Buffer#fill: src/shared-copy.ts)
+ * and answers with its length. What an epoch costs before any compression
+ * at all.
  */
 const CEILING_SERVER = `
 const { createServer } = require('node:http');
+const copyInto = (target, offset, source) => Buffer.prototype.fill.call(target, source, offset, offset + source.length);
 let slab = new Uint8Array(new SharedArrayBuffer(1));
 const server = createServer((req, res) => {
   let n = 0;
   req.on('data', (c) => {
-    if (n + c.length > slab.length) { const grown = new Uint8Array(new SharedArrayBuffer(2 * (n + c.length))); grown.set(slab.subarray(0, n)); slab = grown; }
-    slab.set(c, n); n += c.length;
+    if (n + c.length > slab.length) { const grown = new Uint8Array(new SharedArrayBuffer(2 * (n + c.length))); copyInto(grown, 0, slab.subarray(0, n)); slab = grown; }
+    copyInto(slab, n, c); n += c.length;
   });
   req.on('end', () => res.end(String(n)));
 });
