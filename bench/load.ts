@@ -8,7 +8,7 @@
  * Over loopback TCP (127.0.0.1) or a Unix socket (`serve --socket`), the
  * transport a controller on the same host can choose.
  *
- *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--transport tcp,unix]
+ *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--ceiling]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -43,6 +43,12 @@ export interface LoadConfig {
   transport: Transport;
   /** Node flags of the service process (default: SERVICE_NODE_FLAGS, as `npm start` runs it). */
   nodeFlags?: readonly string[];
+  /**
+   * Distinct dirty epochs to make (default: all of them). Fewer are replayed
+   * in turn, renumbered, so that a long run needs no more client memory
+   * than they take.
+   */
+  distinct?: number;
 }
 
 export interface LoadResult extends LoadConfig {
@@ -52,6 +58,9 @@ export interface LoadResult extends LoadConfig {
   throughputGBps: number;
   latencyMs: { p50: number; p99: number; max: number; samples: number[] };
   peakRssMiB: number;
+  /** The server's resident set after a tenth of the timed epochs, and after the last: growth over a long run shows between them. */
+  rssTenthMiB: number;
+  rssEndMiB: number;
   cacheHitRate: number;
   wireRatio: number;
 }
@@ -164,11 +173,19 @@ async function startChild(args: string[], dir: string | null): Promise<Server> {
   return { child, target, dir };
 }
 
-/** VmHWM of a process: its peak resident set, in MiB. */
-function peakRssMiB(pid: number): number {
+/** VmHWM (the peak resident set) or VmRSS (the resident set now) of a process, in MiB. */
+function rssMiB(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const match = /VmHWM:\s+(\d+) kB/.exec(status);
+  const match = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status);
   return match ? Number(match[1]) / 1024 : NaN;
+}
+
+/** Dirty epoch `e` (1-based) of a stream whose distinct records are `records[1..]`: replayed in turn past the last, renumbered. */
+function dirtyRecord(records: Buffer[], e: number): Buffer {
+  if (e < records.length) return records[e];
+  const record = records[1 + ((e - 1) % (records.length - 1))];
+  record.writeUInt32LE(e, 4);
+  return record;
 }
 
 /** One JSON request to the service (stream creation, stats): node:http, so that it takes either transport. */
@@ -220,8 +237,11 @@ function percentile(sorted: number[], p: number): number {
 /** One configuration: a fresh server, S streams at once, E dirty epochs each. */
 export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   const epochPages = Math.round((config.epochMiB * MIB) / PAGE_SIZE);
-  const streamsEpochs = Array.from({ length: config.streams }, (_, s) => makeEpochs(1000 + s, Math.min(epochPages, IMAGE_PAGES), config.epochs));
+  const distinct = Math.min(config.epochs, config.distinct ?? config.epochs);
+  const streamsEpochs = Array.from({ length: config.streams }, (_, s) => makeEpochs(1000 + s, Math.min(epochPages, IMAGE_PAGES), distinct));
   const server = await startServer(config);
+  const serverPid = (): number => server.child.pid as number;
+  let rssTenthMiB = NaN;
   const { target } = server;
   const agent = new Agent({ keepAlive: true, maxSockets: config.streams * 2 });
   const stats = (id: string): Promise<Record<string, number>> => requestJson(agent, target, 'GET', `/v1/streams/${id}/stats`);
@@ -238,9 +258,10 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
     await Promise.all(
       streams.map(async (s, i) => {
         for (let e = 1; e <= config.epochs; e++) {
-          const { ms, bytes } = await postEpoch(agent, target, `/v1/streams/${s.id}/epochs`, streamsEpochs[i][e]);
+          const { ms, bytes } = await postEpoch(agent, target, `/v1/streams/${s.id}/epochs`, dirtyRecord(streamsEpochs[i], e));
           latencies.push(ms);
           bytesOut += bytes;
+          if (i === 0 && e === Math.ceil(config.epochs / 10)) rssTenthMiB = rssMiB(serverPid(), 'VmRSS');
         }
       }),
     );
@@ -263,7 +284,9 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
       seconds,
       throughputGBps: dirtyBytes / seconds / 1e9,
       latencyMs: { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted[sorted.length - 1], samples: latencies },
-      peakRssMiB: peakRssMiB(server.child.pid as number),
+      peakRssMiB: rssMiB(serverPid(), 'VmHWM'),
+      rssTenthMiB,
+      rssEndMiB: rssMiB(serverPid(), 'VmRSS'),
       cacheHitRate: lookups === 0 ? 0 : hits / lookups,
       wireRatio: bytesOut / dirtyBytes,
     };
@@ -316,12 +339,12 @@ export function formatCeiling(results: CeilingResult[]): string {
 
 export function formatLoad(results: LoadResult[]): string {
   const lines = [
-    '| transport | workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | hit rate | wire ratio |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| transport | workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | RSS at 1/10, end MiB | hit rate | wire ratio |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.transport} | ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
+      `| ${r.transport} | ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.rssTenthMiB.toFixed(0)}, ${r.rssEndMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
     );
   }
   return lines.join('\n');
@@ -338,6 +361,7 @@ async function main(): Promise<void> {
       sizes: { type: 'string', default: '1,8,32' },
       streams: { type: 'string', default: '1' },
       epochs: { type: 'string', default: '10' },
+      distinct: { type: 'string' },
       transport: { type: 'string', default: 'tcp' },
       ceiling: { type: 'boolean' },
       'node-flags': { type: 'string' },
@@ -345,8 +369,9 @@ async function main(): Promise<void> {
     },
   });
   if (values.help) {
-    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--transport tcp,unix] [--ceiling]');
+    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--ceiling]');
     console.log('  --ceiling   also measure the transfer ceiling (a bare node:http server) for each transport and size');
+    console.log('  --distinct K   make only K distinct dirty epochs and replay them in turn, renumbered (long runs without K x epoch size of client memory)');
     console.log(`  --node-flags F   the service's Node flags, comma-separated, or none (default: ${SERVICE_NODE_FLAGS.join(',')}, as npm start)`);
     return;
   }
@@ -355,6 +380,8 @@ async function main(): Promise<void> {
     if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport: unknown ${t}; known: ${TRANSPORTS.join(', ')}`);
   }
   const epochs = Number(values.epochs);
+  const distinct = values.distinct === undefined ? undefined : Number(values.distinct);
+  if (distinct !== undefined && !(Number.isInteger(distinct) && distinct >= 1)) throw new Error(`--distinct: ${values.distinct} is not a whole number of epochs, at least 1`);
   const flagsText = values['node-flags'];
   const nodeFlags = flagsText === undefined ? SERVICE_NODE_FLAGS : flagsText === 'none' ? [] : flagsText.split(',').map((f) => f.trim());
   const results: LoadResult[] = [];
@@ -363,7 +390,7 @@ async function main(): Promise<void> {
     for (const workers of list(values.workers)) {
       for (const epochMiB of list(values.sizes)) {
         for (const streams of list(values.streams)) {
-          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport, nodeFlags }));
+          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport, nodeFlags, distinct }));
           process.stderr.write(`done: ${transport}, ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
         }
       }
