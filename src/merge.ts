@@ -20,8 +20,8 @@ const SMALL_COPY_BYTES = 64;
 /**
  * Moves bytes within the work buffer: the stream's wasm kernel, whose
  * memory.copy is a memmove. `copyWithin` on shared memory copies with
- * relaxed atomics instead, 2.4-3 GB/s for 4 KiB records against 13.5
- * (docs/PERFORMANCE.md, "Copies into shared memory").
+ * relaxed atomics instead: 2.2-3.0 GB/s for 4 KiB records against 7-12
+ * (bench/copies.ts; docs/PERFORMANCE.md, "Copies into shared memory").
  */
 export interface ByteMover {
   copy(dst: number, src: number, n: number): void;

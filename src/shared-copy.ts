@@ -6,9 +6,9 @@
  * the streams' and receivers' arenas are (shared WebAssembly memories):
  * word by word only when source and destination have the same alignment
  * mod 8, byte by byte otherwise. A request body's chunks land at whatever
- * offset the HTTP headers left, so most of them went byte by byte: 3.8-4.1
- * GB/s, against 14-21 for the same copy by memcpy (docs/PERFORMANCE.md,
- * "Copies into shared memory").
+ * offset the HTTP headers left, so most of them went byte by byte: 3.8-4.2
+ * GB/s, against 10-24 for the same copy by memcpy (bench/copies.ts;
+ * docs/PERFORMANCE.md, "Copies into shared memory").
  *
  * Node's Buffer#fill with a buffer value copies it with one C++ memcpy when
  * the range is as long as the value, whatever memory backs either side, and
