@@ -31,6 +31,22 @@ function reader(body: Uint8Array): EpochBodyReader {
   );
 }
 
+/** A reader pumping a fresh request (a PassThrough, as the route hands it an IncomingMessage) that will carry epochBody(). */
+function pumpRequest(): { body: Uint8Array; request: PassThrough; r: EpochBodyReader; pumped: Promise<void> } {
+  const body = epochBody();
+  const request = new PassThrough();
+  const r = reader(body);
+  return { body, request, r, pumped: r.pump(request) };
+}
+
+/** The same, once the first 5000 bytes (header, pfn list and the first page) are in. */
+async function pumpRequestMidBody(): Promise<ReturnType<typeof pumpRequest>> {
+  const started = pumpRequest();
+  started.request.write(started.body.slice(0, 5000));
+  await until(() => started.r.hasPages(1));
+  return started;
+}
+
 /** Until `done()` holds, letting the pump run. */
 async function until(done: () => boolean): Promise<void> {
   for (let i = 0; i < 10_000 && !done(); i++) await new Promise((resolve) => setImmediate(resolve));
@@ -110,13 +126,11 @@ describe('EpochBodyReader', () => {
 
   describe('from a Node readable (an HTTP request), through its data events', () => {
     it('copies the body exactly, however it is split into chunks', async () => {
-      const body = epochBody();
+      const length = epochBody().length;
       await fc.assert(
-        fc.asyncProperty(fc.uniqueArray(fc.integer({ min: 1, max: body.length - 1 }), { maxLength: 40 }), async (cuts) => {
+        fc.asyncProperty(fc.uniqueArray(fc.integer({ min: 1, max: length - 1 }), { maxLength: 40 }), async (cuts) => {
+          const { body, request, r, pumped } = pumpRequest();
           const bounds = [0, ...cuts.sort((a, b) => a - b), body.length];
-          const request = new PassThrough();
-          const r = reader(body);
-          const pumped = r.pump(request);
           for (let i = 0; i + 1 < bounds.length; i++) request.write(body.slice(bounds[i], bounds[i + 1]));
           request.end();
           await pumped;
@@ -129,11 +143,8 @@ describe('EpochBodyReader', () => {
     });
 
     it('lets go of every chunk it has copied while the body is still arriving', async () => {
-      const body = epochBody();
+      const { body, request, r, pumped } = pumpRequest();
       const chunkBytes = 1024;
-      const request = new PassThrough();
-      const r = reader(body);
-      const pumped = r.pump(request);
       const refs: WeakRef<Uint8Array>[] = [];
       for (let at = 0; at + chunkBytes < body.length; at += chunkBytes) {
         const chunk = body.slice(at, at + chunkBytes);
@@ -153,34 +164,21 @@ describe('EpochBodyReader', () => {
     });
 
     it('a body that ends early is EPOCH_TRUNCATED', async () => {
-      const body = epochBody();
-      const request = new PassThrough();
-      const r = reader(body);
-      const pumped = r.pump(request);
+      const { body, request, r, pumped } = pumpRequest();
       request.end(body.slice(0, body.length - 1));
       await pumped;
       await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_TRUNCATED' });
     });
 
     it('a request destroyed mid-body fails the read', async () => {
-      const body = epochBody();
-      const request = new PassThrough();
-      const r = reader(body);
-      const pumped = r.pump(request);
-      request.write(body.slice(0, 5000));
-      await until(() => r.hasPages(1));
+      const { request, r, pumped } = await pumpRequestMidBody();
       request.destroy();
       await pumped;
       await expect(r.finished()).rejects.toMatchObject({ code: 'ERR_STREAM_PREMATURE_CLOSE' });
     });
 
     it('abort stops a stalled body at once and leaves the rest of it unread', async () => {
-      const body = epochBody();
-      const request = new PassThrough();
-      const r = reader(body);
-      const pumped = r.pump(request);
-      request.write(body.slice(0, 5000));
-      await until(() => r.hasPages(1));
+      const { body, request, r, pumped } = await pumpRequestMidBody();
       const reason = new Error('stream deleted');
       r.abort(reason);
       await pumped;
@@ -193,10 +191,7 @@ describe('EpochBodyReader', () => {
     });
 
     it('a body that goes on past its record stops there with EPOCH_BODY_TOO_LONG, the rest unread', async () => {
-      const body = epochBody();
-      const request = new PassThrough();
-      const r = reader(body);
-      const pumped = r.pump(request);
+      const { body, request, r, pumped } = pumpRequest();
       request.write(Buffer.concat([body, Buffer.alloc(10)]));
       request.write(Buffer.alloc(100));
       await pumped;
