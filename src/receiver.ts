@@ -12,10 +12,9 @@
  * in Buffer chunks in the process's memory (so an image is bounded by the
  * process's memory, not by wasm32's 4 GiB): the committed page a delta
  * applies to is copied into staging, and a committed epoch's pages into the
- * image, by the image's read() and write(), one memmove each (the same
- * under both kernels; each makes one short-lived view of its source, Node
- * 20's Buffer.copy inside as TypedArray.set). A FileImage's pages go
- * through fs into and out of the arena.
+ * image, by the image's read() and write(), one memcpy each (copyInto: the
+ * same under both kernels; each makes one short-lived view of its source).
+ * A FileImage's pages go through fs into and out of the arena.
  */
 import * as fs from 'node:fs';
 import { decodeRemusPage, FULL_PAGE } from './codec/remus.js';
@@ -180,7 +179,7 @@ abstract class SlotImage implements ImageStore {
  * memory, outside any wasm memory (and the V8 heap): the image is bounded by
  * the process's memory only. A Receiver over this image stages its epochs
  * in the image's PageArena and moves pages between the arena and the chunks
- * through read() and write(), one memmove each.
+ * through read() and write(), one memcpy each.
  */
 export class MemoryImage extends SlotImage {
   /** The wasm memory a Receiver over this image stages in (one of its own unless given); the image's pages are not in it. */
@@ -258,7 +257,7 @@ export class MemoryImage extends SlotImage {
     const slot = this.slots.get(pfn);
     if (slot < 0) return false;
     const at = this.offsetInChunk(slot);
-    this.chunkOf(slot).copy(dst, dstOffset, at, at + this.pageSize);
+    copyInto(dst, dstOffset, this.chunkOf(slot).subarray(at, at + this.pageSize));
     return true;
   }
 
@@ -276,7 +275,7 @@ export class MemoryImage extends SlotImage {
   /** After makeRoom (the Receiver's commit) the slot's chunk exists: nothing is allocated. */
   write(pfn: number, src: Uint8Array, srcOffset: number): void {
     const slot = this.slotFor(pfnLow(pfn), pfnHigh(pfn));
-    this.chunkOf(slot).set(src.subarray(srcOffset, srcOffset + this.pageSize), this.offsetInChunk(slot));
+    copyInto(this.chunkOf(slot), this.offsetInChunk(slot), src.subarray(srcOffset, srcOffset + this.pageSize));
   }
 
   commit(epoch: number): void {
@@ -1172,7 +1171,7 @@ export class Receiver {
         }
         const { header: chunk, raw, recordsStart } = opened;
         // A stored chunk is a view of the frame: the wasm kernel reads it from the scratch.
-        if (this.wasm !== null && raw.buffer !== this.chunkScratchView.buffer) this.chunkScratchView.set(raw);
+        if (this.wasm !== null && raw.buffer !== this.chunkScratchView.buffer) copyInto(this.chunkScratchView, 0, raw);
         const slots = this.chunks.indices;
         // The frame's recordCount counts chunks: the pages are known only now.
         const staged = trial ? this.scratchSlots.size : this.staging.count;
