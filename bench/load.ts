@@ -8,7 +8,7 @@
  * Over loopback TCP (127.0.0.1) or a Unix socket (`serve --socket`), the
  * transport a controller on the same host can choose.
  *
- *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--ceiling]
+ *   npm run build && node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--fast-path on,off] [--ceiling]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -43,6 +43,8 @@ export interface LoadConfig {
   transport: Transport;
   /** Node flags of the service process (default: SERVICE_NODE_FLAGS, as `npm start` runs it). */
   nodeFlags?: readonly string[];
+  /** Whether the service reads epoch bodies on its fast path (default) or through node:http (`--no-fast-path`). */
+  fastPath?: boolean;
   /**
    * Distinct dirty epochs to make (default: all of them). Fewer are replayed
    * in turn, renumbered, so that a long run needs no more client memory
@@ -123,7 +125,10 @@ async function startServer(config: LoadConfig): Promise<Server> {
   const listen = listenArgs(config.transport);
   const flags = config.nodeFlags ?? SERVICE_NODE_FLAGS;
   return startChild(
-    [...flags, cli, 'serve', ...listen.args, '--workers', String(config.workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn'],
+    [
+      ...flags, cli, 'serve', ...listen.args, '--workers', String(config.workers), '--max-concurrent-epochs', concurrent, '--log-level', 'warn',
+      ...(config.fastPath === false ? ['--no-fast-path'] : []),
+    ],
     listen.dir,
   );
 }
@@ -339,12 +344,12 @@ export function formatCeiling(results: CeilingResult[]): string {
 
 export function formatLoad(results: LoadResult[]): string {
   const lines = [
-    '| transport | workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | RSS at 1/10, end MiB | hit rate | wire ratio |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| transport | fast path | workers | streams | epoch MiB | epochs | GB/s dirty | p50 ms | p99 ms | max ms | peak RSS MiB | RSS at 1/10, end MiB | hit rate | wire ratio |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.transport} | ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.rssTenthMiB.toFixed(0)}, ${r.rssEndMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
+      `| ${r.transport} | ${r.fastPath === false ? 'off' : 'on'} | ${r.workers} | ${r.streams} | ${r.epochMiB} | ${r.epochs * r.streams} | ${r.throughputGBps.toFixed(3)} | ${r.latencyMs.p50.toFixed(2)} | ${r.latencyMs.p99.toFixed(2)} | ${r.latencyMs.max.toFixed(2)} | ${r.peakRssMiB.toFixed(0)} | ${r.rssTenthMiB.toFixed(0)}, ${r.rssEndMiB.toFixed(0)} | ${r.cacheHitRate.toFixed(3)} | ${r.wireRatio.toFixed(4)} |`,
     );
   }
   return lines.join('\n');
@@ -363,13 +368,15 @@ async function main(): Promise<void> {
       epochs: { type: 'string', default: '10' },
       distinct: { type: 'string' },
       transport: { type: 'string', default: 'tcp' },
+      'fast-path': { type: 'string', default: 'on' },
       ceiling: { type: 'boolean' },
       'node-flags': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
-    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--ceiling]');
+    console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--fast-path on,off] [--ceiling]');
+    console.log('  --fast-path on,off   the service with its epoch fast path (on, the default), without it (off), or both');
     console.log('  --ceiling   also measure the transfer ceiling (a bare node:http server) for each transport and size');
     console.log('  --distinct K   make only K distinct dirty epochs and replay them in turn, renumbered (long runs without K x epoch size of client memory)');
     console.log(`  --node-flags F   the service's Node flags, comma-separated, or none (default: ${SERVICE_NODE_FLAGS.join(',')}, as npm start)`);
@@ -379,6 +386,10 @@ async function main(): Promise<void> {
   for (const t of transports) {
     if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport: unknown ${t}; known: ${TRANSPORTS.join(', ')}`);
   }
+  const fastPaths = values['fast-path'].split(',').map((text) => {
+    if (text.trim() !== 'on' && text.trim() !== 'off') throw new Error(`--fast-path: '${text}' is not on or off`);
+    return text.trim() === 'on';
+  });
   const epochs = Number(values.epochs);
   const distinct = values.distinct === undefined ? undefined : Number(values.distinct);
   if (distinct !== undefined && !(Number.isInteger(distinct) && distinct >= 1)) throw new Error(`--distinct: ${values.distinct} is not a whole number of epochs, at least 1`);
@@ -390,8 +401,10 @@ async function main(): Promise<void> {
     for (const workers of list(values.workers)) {
       for (const epochMiB of list(values.sizes)) {
         for (const streams of list(values.streams)) {
-          results.push(await runLoad({ workers, epochMiB, streams, epochs, transport, nodeFlags, distinct }));
-          process.stderr.write(`done: ${transport}, ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
+          for (const fastPath of fastPaths) {
+            results.push(await runLoad({ workers, epochMiB, streams, epochs, transport, nodeFlags, distinct, fastPath }));
+            process.stderr.write(`done: ${transport}, fast path ${fastPath ? 'on' : 'off'}, ${workers} workers, ${epochMiB} MiB, ${streams} streams\n`);
+          }
         }
       }
     }

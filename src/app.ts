@@ -60,7 +60,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   }
   const metrics = new ServiceMetrics({ sender });
   await app.register(metricsRoutes, { metrics });
-  if (options.sender) await app.register(streamRoutes, { ...options.sender, sender, metrics });
+  if (options.sender) {
+    await app.register(streamRoutes, { ...options.sender, sender, metrics, fastPath: options.sender.fastPath ?? true, authToken: options.authToken });
+  }
   if (options.receiver) await app.register(imageRoutes, options.receiver);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;

@@ -13,14 +13,11 @@ const OPEN_ROUTES = new Set(['/health']);
  * expected token nor the one sent is ever logged or echoed.
  */
 export function installBearerAuth(app: FastifyInstance, token: string): void {
-  if (token.length === 0) throw new RangeError('the bearer token must not be empty');
-  const expected = digest(token);
+  const authorized = bearerTokenCheck(token);
   app.addHook('onRequest', async (request, reply) => {
     if (OPEN_ROUTES.has(request.routeOptions.url ?? '')) return;
     const header = request.headers.authorization;
-    const match = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    const ok = match !== null && timingSafeEqual(digest(match[1]), expected);
-    if (ok) return;
+    if (authorized(header)) return;
     reply.header('www-authenticate', 'Bearer realm="remus-compress"').header('connection', 'close');
     return reply.code(401).send({
       statusCode: 401,
@@ -29,6 +26,16 @@ export function installBearerAuth(app: FastifyInstance, token: string): void {
       message: header === undefined ? 'this service needs an Authorization: Bearer <token> header' : 'the bearer token is not valid',
     });
   });
+}
+
+/** Whether an Authorization header carries `token` (the epoch fast path asks this too). */
+export function bearerTokenCheck(token: string): (header: string | undefined) => boolean {
+  if (token.length === 0) throw new RangeError('the bearer token must not be empty');
+  const expected = digest(token);
+  return (header) => {
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    return match !== null && timingSafeEqual(digest(match[1]), expected);
+  };
 }
 
 function digest(text: string): Buffer {

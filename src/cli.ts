@@ -51,6 +51,8 @@ Options (environment variable in brackets):
                          --with-receiver): wasm (default, the WebAssembly SIMD kernel)
                          or js (portable TypeScript); same bytes [REMUS_KERNEL]
   --with-receiver        also serve the receiver routes (/v1/images) in this process [REMUS_WITH_RECEIVER=1]
+  --no-fast-path         read epoch bodies through node:http, not straight from the
+                         socket into the stream's slab (docs/ARCHITECTURE.md) [REMUS_NO_FAST_PATH=1]
   --log-level LEVEL      fatal|error|warn|info|debug|trace|silent (default info) [REMUS_LOG_LEVEL]
   -h, --help             this help
 
@@ -149,6 +151,7 @@ async function serve(argv: string[]): Promise<number> {
       'max-streams': { type: 'string' },
       'max-epoch-bytes': { type: 'string' },
       'with-receiver': { type: 'boolean' },
+      'no-fast-path': { type: 'boolean' },
       'log-level': { type: 'string' },
       'memory-budget': { type: 'string' },
       'max-concurrent-epochs': { type: 'string' },
@@ -179,6 +182,7 @@ async function serve(argv: string[]): Promise<number> {
   const level = setting(values, 'log-level', 'REMUS_LOG_LEVEL') ?? 'info';
   if (!LOG_LEVELS.includes(level)) throw new UsageError(`--log-level: '${level}' is not one of ${LOG_LEVELS.join(', ')}`);
   const withReceiver = values['with-receiver'] === true || envFlag('with-receiver', 'REMUS_WITH_RECEIVER');
+  const noFastPath = values['no-fast-path'] === true || envFlag('no-fast-path', 'REMUS_NO_FAST_PATH');
   if (socketPath === undefined) {
     try {
       checkListenAddress(host, values['allow-remote'] === true, token);
@@ -197,6 +201,7 @@ async function serve(argv: string[]): Promise<number> {
       maxStreams: maxStreamsText === undefined ? DEFAULT_MAX_STREAMS : parseCount('max-streams', maxStreamsText, 1, 4096),
       maxEpochBytes: maxEpochText === undefined ? DEFAULT_MAX_EPOCH_BYTES : parseSize('max-epoch-bytes', maxEpochText),
       kernel,
+      fastPath: !noFastPath,
     },
     receiver: withReceiver ? { kernel } : undefined,
   });

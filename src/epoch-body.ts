@@ -69,11 +69,13 @@ export class EpochBodyReader {
    * Consume `source` to its end; failures are kept and reported to waiters.
    * After `abort()` it stops at once, without waiting for a chunk that a
    * stalled client may never send. A Node readable (an HTTP request) is read
-   * through its 'data' events, an iterable by iterating it.
+   * through its 'data' events, an iterable by iterating it, and an
+   * InPlaceBody is written into the slab by its transport.
    */
-  async pump(source: AsyncIterable<Uint8Array> | Readable): Promise<void> {
+  async pump(source: EpochBodySource): Promise<void> {
     try {
-      if (source instanceof Readable) await this.drainReadable(source);
+      if (source instanceof InPlaceBody) await this.drainInPlace(source);
+      else if (source instanceof Readable) await this.drainReadable(source);
       else await this.drainIterable(source);
       if (this.meta === null || this.received < this.meta.layout.totalBytes) {
         const expected = this.meta === null ? EPOCH_HEADER_BYTES : this.meta.layout.totalBytes;
@@ -127,6 +129,19 @@ export class EpochBodyReader {
       this.interruptWait = () => settle(this.failure ?? new Error('stopped'));
       if (this.failure !== null) settle(this.failure);
       else body.on('data', onData);
+    });
+  }
+
+  /** Lend `body` to its transport until the body has ended, failed or been stopped. */
+  private drainInPlace(body: InPlaceBody): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const settle = (err: Error | null): void => {
+        this.interruptWait = null;
+        if (err === null) resolve();
+        else reject(err);
+      };
+      this.interruptWait = () => body.stop(this.failure ?? new Error('stopped'));
+      body.attach(this, settle);
     });
   }
 
@@ -194,7 +209,8 @@ export class EpochBodyReader {
     this.notify();
   }
 
-  private accept(chunk: Uint8Array): void {
+  /** Copy `chunk`, the next bytes of the body, into the slab. */
+  accept(chunk: Uint8Array): void {
     if (this.failure !== null) throw this.failure;
     let offset = 0;
     if (this.meta === null) {
@@ -211,9 +227,34 @@ export class EpochBodyReader {
     if (this.received + rest > meta.layout.totalBytes) {
       throw new ServiceError('EPOCH_BODY_TOO_LONG', `body goes on past the end of the epoch record at byte ${meta.layout.totalBytes}`);
     }
+    copyInto(meta.input, this.received, offset === 0 ? chunk : chunk.subarray(offset));
+    this.arrived(rest);
+  }
+
+  /**
+   * Where the next body bytes may be read in place: the slab from the first
+   * byte not yet received, at most `limit` bytes and never past the record's
+   * end. Null until the epoch header has arrived (the slab is chosen by its
+   * size) and after a failure.
+   */
+  slabWindow(limit: number): Uint8Array | null {
+    const meta = this.meta;
+    if (meta === null || this.failure !== null) return null;
+    const end = Math.min(meta.layout.totalBytes, this.received + limit);
+    return end > this.received ? meta.input.subarray(this.received, end) : null;
+  }
+
+  /** `bytes` were read into the last slabWindow(). */
+  acceptInPlace(bytes: number): void {
+    if (this.failure !== null) throw this.failure;
+    this.arrived(bytes);
+  }
+
+  /** Count `bytes` more of the record as in the slab; check the pfn list once it is whole. */
+  private arrived(bytes: number): void {
+    const meta = this.meta as EpochMetadata;
     const before = this.received;
-    copyInto(meta.input, before, offset === 0 ? chunk : chunk.subarray(offset));
-    this.received += rest;
+    this.received += bytes;
     if (before < meta.layout.pageOffset && this.received >= meta.layout.pageOffset) {
       validateEpochMetadata(meta.input, meta.count, meta.layout, this.limits.pfnLimit, this.slabs.pfnScratch(meta.count));
     }
@@ -258,5 +299,86 @@ export class EpochBodyReader {
     const wake = this.wake;
     this.wake = null;
     wake?.();
+  }
+}
+
+/** What an epoch body can be read from. */
+export type EpochBodySource = AsyncIterable<Uint8Array> | Readable | InPlaceBody;
+
+/**
+ * A body that its transport reads straight into the stream's input slab
+ * (src/fast-path.ts): no chunk objects and no copy. The transport asks where
+ * its next read may land (`window`), reads there and reports the count
+ * (`wrote`); bytes it had to read elsewhere (those that came with the request
+ * head) it hands over with `write`, which copies them in. Once the reader has
+ * failed or been aborted, `stopped` is true and the transport must stop
+ * reading the body; its calls after that change nothing.
+ */
+export class InPlaceBody {
+  private reader: EpochBodyReader | null = null;
+  private settle: ((err: Error | null) => void) | null = null;
+  /** Set once the body has ended, failed or been stopped. */
+  private ended = false;
+  /** Called once when the reader stops wanting bytes (failure or abort), so that the transport stops reading. */
+  onStop: (() => void) | null = null;
+
+  get stopped(): boolean {
+    return this.ended;
+  }
+
+  /** Called by the reader's pump: from here on the transport's bytes go to `reader`. */
+  attach(reader: EpochBodyReader, settle: (err: Error | null) => void): void {
+    this.reader = reader;
+    this.settle = settle;
+  }
+
+  /** The slab bytes the next read may fill, at most `limit`; null: read elsewhere and `write`. */
+  window(limit: number): Uint8Array | null {
+    return this.ended ? null : (this.reader?.slabWindow(limit) ?? null);
+  }
+
+  /** `bytes` were read into the last window(). */
+  wrote(bytes: number): void {
+    this.deliver((reader) => reader.acceptInPlace(bytes));
+  }
+
+  /** Bytes read elsewhere: copied into the slab. */
+  write(chunk: Uint8Array): void {
+    if (chunk.length > 0) this.deliver((reader) => reader.accept(chunk));
+  }
+
+  /** The transport has delivered the whole body (or the connection ended: the reader reports a short body). */
+  end(): void {
+    this.finish(null);
+  }
+
+  /** The connection failed. */
+  fail(err: Error): void {
+    this.finish(err);
+  }
+
+  /** The reader no longer wants bytes. */
+  stop(reason: Error): void {
+    this.finish(reason);
+  }
+
+  private deliver(step: (reader: EpochBodyReader) => void): void {
+    const reader = this.reader;
+    if (this.ended || reader === null) return;
+    try {
+      step(reader);
+    } catch (err) {
+      this.finish(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private finish(err: Error | null): void {
+    if (this.ended) return;
+    this.ended = true;
+    const settle = this.settle;
+    this.settle = null;
+    this.reader = null;
+    settle?.(err);
+    if (err !== null) this.onStop?.();
   }
 }

@@ -241,6 +241,11 @@ export class Sender implements StreamHost {
     return stream;
   }
 
+  /** The stream `id`, or undefined. */
+  find(id: string): Stream | undefined {
+    return this.streams.get(id);
+  }
+
   get(id: string): Stream {
     const stream = this.streams.get(id);
     if (stream === undefined) throw new ServiceError('STREAM_NOT_FOUND', `no stream ${id}`, 404);

@@ -1,6 +1,5 @@
-import type { Readable } from 'node:stream';
 import { DIGEST_BYTES, DIGEST_GROUP_PAGES, digestGroupCount, foldEpochDigest } from './digest.js';
-import { EpochBodyReader, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
+import { EpochBodyReader, type EpochBodySource, type EpochMetadata, type InputSlabProvider } from './epoch-body.js';
 import { ServiceError } from './errors.js';
 import { encodeAbortFrame, recordRegionBytes } from './frames.js';
 import { FrameAssembler, type FrameSink } from './merge.js';
@@ -313,7 +312,7 @@ export class Stream implements InputSlabProvider {
    * every partition, and if frames had already gone out an ABORT frame has
    * followed them.
    */
-  async runEpoch(source: AsyncIterable<Uint8Array> | Readable, declaredLength: number | null, sink: FrameSink, signal?: AbortSignal): Promise<EpochSummary> {
+  async runEpoch(source: EpochBodySource, declaredLength: number | null, sink: FrameSink, signal?: AbortSignal): Promise<EpochSummary> {
     this.checkOpen();
     if (this.running !== null || this.maintenance !== null) {
       throw new ServiceError('EPOCH_IN_PROGRESS', `stream ${this.id} is busy with another epoch; epochs of one stream run one at a time`, 409);
@@ -342,7 +341,7 @@ export class Stream implements InputSlabProvider {
   }
 
   private async execute(
-    source: AsyncIterable<Uint8Array> | Readable,
+    source: EpochBodySource,
     declaredLength: number | null,
     sink: FrameSink,
     signal: AbortSignal,

@@ -7,12 +7,24 @@ import { ServiceError } from '../errors.js';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
 import type { ServiceMetrics } from '../metrics.js';
 import { errorSchema } from './schemas.js';
+import { clientDisconnected, exchangeEpoch } from '../epoch-exchange.js';
+import { installEpochFastPath } from '../fast-path.js';
+import { bearerTokenCheck } from '../auth.js';
 
 export interface StreamRoutesOptions extends SenderOptions {
   /** Serve this sender rather than a new one; its owner closes it. */
   sender?: Sender;
   /** Metrics to feed (epoch latency, streams created); buildApp passes its own. */
   metrics?: ServiceMetrics;
+  /**
+   * Serve epoch requests on the fast path (src/fast-path.ts): bodies read
+   * from the socket straight into the stream's slab. It answers them before
+   * any fastify hook runs, so it is off unless the app knows its hooks:
+   * buildApp turns it on and passes its bearer token as `authToken`.
+   */
+  fastPath?: boolean;
+  /** The bearer token the app requires (auth.ts), for the fast path to check. */
+  authToken?: string;
 }
 
 
@@ -75,6 +87,17 @@ const idParams = {
 export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app, options) => {
   const sender = options.sender ?? new Sender(options);
   if (options.sender === undefined) app.addHook('onClose', async () => sender.close());
+
+  if (options.fastPath === true) {
+    const fastPath = installEpochFastPath(app.server, {
+      sender,
+      log: app.log,
+      metrics: options.metrics,
+      authorized: options.authToken === undefined ? undefined : bearerTokenCheck(options.authToken),
+    });
+    if (fastPath === null) app.log.warn('epoch fast path not installed: the server is not a plain node:http server');
+    else app.addHook('preClose', async () => fastPath.close());
+  }
 
   // Hand the raw request through: the stream reads it into its slab with
   // every length checked, as the pages arrive.
@@ -203,24 +226,22 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       // A controller that goes away mid-response aborts the epoch, exactly as
       // if it had asked: the receiver cannot have committed it.
       reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) cut.abort(new ServiceError('CLIENT_DISCONNECTED', 'the client closed the connection before the epoch was sent', 499));
+        if (!reply.raw.writableFinished) cut.abort(clientDisconnected());
       });
       try {
         // The body reader pauses the request on an error rather than
         // destroying it, so that an error found before the first frame can
         // still be answered as JSON.
-        const summary = await stream.runEpoch(body, declared === undefined ? null : Number(declared), sink, cut.signal);
-        options.metrics?.observeEpoch(stream, summary);
-        request.log.debug(
-          { stream: stream.id, epoch: summary.epoch, pages: summary.pages, bytesIn: summary.bytesIn, bytesOut: summary.bytesOut, frames: summary.frames, resync: summary.resync, ms: summary.wallNs / 1e6 },
-          'epoch sent',
-        );
+        await exchangeEpoch({
+          stream,
+          body,
+          declaredLength: declared === undefined ? null : Number(declared),
+          sink,
+          signal: cut.signal,
+          log: request.log,
+          metrics: options.metrics,
+        });
       } catch (err) {
-        const failure = err as { code?: string; message?: string; statusCode?: number };
-        request.log.info(
-          { stream: stream.id, event: 'epoch-failed', expectedEpoch: stream.nextEpoch, code: failure.code, statusCode: failure.statusCode, reason: failure.message },
-          'epoch failed',
-        );
         if (reply.sent || reply.raw.headersSent) {
           // The answer ended with an ABORT frame. A client still uploading
           // the rest of a body nobody will read would stall on a kept-alive
