@@ -163,6 +163,50 @@ if (socketPath) server.listen(socketPath, () => console.error('listening on unix
 else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
 `;
 
+/**
+ * The transfer ceiling of the fast path: the same bare server, but each
+ * body is read from the socket straight into the SharedArrayBuffer, as
+ * src/fast-path.ts reads epochs (net.Socket onread on the accepted handle;
+ * only Content-Length bodies, one request at a time, no checks).
+ */
+const SLAB_CEILING_SERVER = `
+const { createServer } = require('node:http');
+const { Socket } = require('node:net');
+let slab = new Uint8Array(new SharedArrayBuffer(1));
+const server = createServer();
+server.removeAllListeners('connection');
+server.on('connection', (accepted) => {
+  const handle = accepted._handle;
+  accepted._handle = null;
+  accepted.destroy();
+  const head = Buffer.alloc(80 * 1024);
+  let filled = 0, received = 0, left = -1;
+  const answer = () => { socket.write('HTTP/1.1 200 OK\\r\\ncontent-length: ' + String(received).length + '\\r\\n\\r\\n' + received); left = -1; filled = 0; };
+  const socket = new Socket({ handle, onread: {
+    buffer: () => (left > 0 ? slab.subarray(received, received + left) : head.subarray(filled)),
+    callback: (bytes, buffer) => {
+      if (buffer.buffer === slab.buffer) { received += bytes; left -= bytes; }
+      else {
+        filled += bytes;
+        const end = head.subarray(0, filled).indexOf('\\r\\n\\r\\n');
+        if (end < 0) return true;
+        const length = Number(/content-length: *(\\d+)/i.exec(head.toString('latin1', 0, end))[1]);
+        if (slab.length < length) slab = new Uint8Array(new SharedArrayBuffer(length));
+        received = Math.min(filled - end - 4, length);
+        Buffer.prototype.fill.call(slab, head.subarray(end + 4, end + 4 + received), 0, received);
+        left = length - received;
+      }
+      if (left === 0) answer();
+      return true;
+    },
+  } });
+  socket.resume();
+});
+const socketPath = process.argv[1];
+if (socketPath) server.listen(socketPath, () => console.error('listening on unix:' + socketPath));
+else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
+`;
+
 /** Spawn a server and wait for its 'listening on http://host:port' or 'listening on unix:path' line. */
 async function startChild(args: string[], dir: string | null): Promise<Server> {
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -301,20 +345,25 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
   }
 }
 
+/** How the bare transfer server reads a body: node:http 'data' events copied into a slab, or straight into it. */
+export type CeilingRead = 'http' | 'slab';
+
 export interface CeilingResult {
   transport: Transport;
+  read: CeilingRead;
   epochMiB: number;
   epochs: number;
   throughputGBps: number;
   p50Ms: number;
 }
 
-/** POST the same dirty epochs to the bare transfer server (CEILING_SERVER), one stream, back to back. */
-export async function runHttpCeiling(epochMiB: number, epochs: number, transport: Transport = 'tcp'): Promise<CeilingResult> {
+/** POST the same dirty epochs to a bare transfer server (CEILING_SERVER or SLAB_CEILING_SERVER), one stream, back to back. */
+export async function runHttpCeiling(epochMiB: number, epochs: number, transport: Transport = 'tcp', read: CeilingRead = 'http'): Promise<CeilingResult> {
   const epochPages = Math.min(Math.round((epochMiB * MIB) / PAGE_SIZE), IMAGE_PAGES);
   const records = makeEpochs(1000, epochPages, epochs).slice(1);
   const listen = listenArgs(transport);
-  const server = await startChild(['-e', CEILING_SERVER, ...(listen.socketPath === null ? [] : [listen.socketPath])], listen.dir);
+  const script = read === 'http' ? CEILING_SERVER : SLAB_CEILING_SERVER;
+  const server = await startChild(['-e', script, ...(listen.socketPath === null ? [] : [listen.socketPath])], listen.dir);
   const { target } = server;
   const agent = new Agent({ keepAlive: true });
   try {
@@ -327,7 +376,7 @@ export async function runHttpCeiling(epochMiB: number, epochs: number, transport
       bytes += epochPages * PAGE_SIZE;
     }
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    return { transport, epochMiB, epochs, throughputGBps: bytes / seconds / 1e9, p50Ms: percentile([...latencies].sort((a, b) => a - b), 50) };
+    return { transport, read, epochMiB, epochs, throughputGBps: bytes / seconds / 1e9, p50Ms: percentile([...latencies].sort((a, b) => a - b), 50) };
   } finally {
     agent.destroy();
     await stopServer(server);
@@ -336,9 +385,9 @@ export async function runHttpCeiling(epochMiB: number, epochs: number, transport
 
 export function formatCeiling(results: CeilingResult[]): string {
   return [
-    '| transport | epoch MiB | epochs | GB/s of pages | p50 ms |',
-    '|---|---|---|---|---|',
-    ...results.map((r) => `| ${r.transport} | ${r.epochMiB} | ${r.epochs} | ${r.throughputGBps.toFixed(3)} | ${r.p50Ms.toFixed(2)} |`),
+    '| transport | body read | epoch MiB | epochs | GB/s of pages | p50 ms |',
+    '|---|---|---|---|---|---|',
+    ...results.map((r) => `| ${r.transport} | ${r.read === 'http' ? 'node:http' : 'into the slab'} | ${r.epochMiB} | ${r.epochs} | ${r.throughputGBps.toFixed(3)} | ${r.p50Ms.toFixed(2)} |`),
   ].join('\n');
 }
 
@@ -377,7 +426,7 @@ async function main(): Promise<void> {
   if (values.help) {
     console.log('Usage: node dist/bench/load.js [--workers 1,2] [--sizes 1,8,32] [--streams 1] [--epochs 10] [--distinct K] [--transport tcp,unix] [--fast-path on,off] [--ceiling]');
     console.log('  --fast-path on,off   the service with its epoch fast path (on, the default), without it (off), or both');
-    console.log('  --ceiling   also measure the transfer ceiling (a bare node:http server) for each transport and size');
+    console.log('  --ceiling   also measure the transfer ceiling (a bare server: node:http, and reading straight into a slab) for each transport and size');
     console.log('  --distinct K   make only K distinct dirty epochs and replay them in turn, renumbered (long runs without K x epoch size of client memory)');
     console.log(`  --node-flags F   the service's Node flags, comma-separated, or none (default: ${SERVICE_NODE_FLAGS.join(',')}, as npm start)`);
     return;
@@ -409,7 +458,9 @@ async function main(): Promise<void> {
       }
     }
     if (values.ceiling === true) {
-      for (const epochMiB of list(values.sizes)) ceilings.push(await runHttpCeiling(epochMiB, epochs, transport));
+      for (const epochMiB of list(values.sizes)) {
+        for (const read of ['http', 'slab'] as const) ceilings.push(await runHttpCeiling(epochMiB, epochs, transport, read));
+      }
     }
   }
   console.log(formatLoad(results));

@@ -153,7 +153,8 @@ export class EpochFastPath {
     const { headers } = head;
     const length = headers.get('content-length');
     if (length === undefined || !DECIMAL.test(length)) return null;
-    if (headers.has('transfer-encoding') || headers.has('expect') || headers.has('upgrade')) return null;
+    // HTTP/1.1 requires a Host header; node:http refuses a request without one.
+    if (!headers.has('host') || headers.has('transfer-encoding') || headers.has('expect') || headers.has('upgrade')) return null;
     if (headers.get('content-type')?.split(';', 1)[0].trim().toLowerCase() !== EPOCH_CONTENT_TYPE) return null;
     if (this.options.authorized !== undefined && !this.options.authorized(headers.get('authorization'))) return null;
     const stream = this.options.sender.find(path[1]);
@@ -186,11 +187,15 @@ function connectionTokens(head: RequestHead): string[] {
 
 /**
  * How many body bytes follow `head`, or null when that takes parsing the
- * body (chunked) or cannot be told (an upgrade).
+ * body (chunked), cannot be told (an upgrade), or node:http may answer
+ * without a 'request' event, so that the relay could not tell when the
+ * answer is out (an Expect other than 100-continue: 417).
  */
 function bodyLength(head: RequestHead): number | null {
   const { headers } = head;
   if (headers.has('transfer-encoding') || headers.has('upgrade') || head.method === 'CONNECT') return null;
+  const expect = headers.get('expect');
+  if (expect !== undefined && expect.toLowerCase() !== '100-continue') return null;
   const length = headers.get('content-length');
   if (length === undefined) return 0;
   return DECIMAL.test(length) ? Number(length) : null;
@@ -572,12 +577,16 @@ class EpochConnection {
         socket.write(chunk, callback);
       },
       final: (callback) => {
-        // node:http ends the connection (Connection: close, or it is
-        // closing): so does the real one, once the answer is out (at
-        // once if node:http has the connection for good).
+        // node:http ends the connection without a 'request' event (a
+        // request it refused itself: no Host header, say), or it has the
+        // connection for good and ends it: so does the real one, after
+        // the answer already written. (After an answer that asked to
+        // close, relayAnswered has seen it first.)
         if (!relayEnded) {
           this.keepAlive = false;
-          if (length === Infinity) socket.end();
+          this.close();
+          socket.pause();
+          socket.end();
         }
         callback();
       },
@@ -629,6 +638,9 @@ class EpochConnection {
   relayAnswered(bridge: Duplex, whole: boolean): void {
     // A bridge that has the connection for good answers request after request.
     if (bridge !== this.bridge || this.left === Infinity || this.relayDone) return;
+    // node:http ends a connection whose answer said Connection: close just
+    // before this (its own 'finish' listener comes first).
+    if (bridge.writableEnded) this.keepAlive = false;
     if (!whole) {
       this.socket.destroy();
       return;

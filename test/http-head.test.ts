@@ -139,5 +139,9 @@ describe('parseRequestHead', () => {
     const buffer = bytes(head);
     expect(buffer.length).toBeLessThanOrEqual(MAX_HEAD_BYTES);
     expect(parseRequestHead(buffer, findHeadEnd(buffer, 0, buffer.length))?.headers.size).toBe(lines.length);
+    // One byte more and the head is node:http's to judge.
+    const longer = bytes(head.replace('x-0: ', `x-0: ${'y'.repeat(MAX_HEAD_BYTES - buffer.length + 1)}`));
+    expect(longer.length).toBe(MAX_HEAD_BYTES + 1);
+    expect(parseRequestHead(longer, findHeadEnd(longer, 0, longer.length))).toBeNull();
   });
 });
