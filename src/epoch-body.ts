@@ -352,11 +352,6 @@ export class InPlaceBody {
     this.finish(null);
   }
 
-  /** The connection failed. */
-  fail(err: Error): void {
-    this.finish(err);
-  }
-
   /** The reader no longer wants bytes. */
   stop(reason: Error): void {
     this.finish(reason);

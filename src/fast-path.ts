@@ -251,9 +251,9 @@ class EpochConnection {
   ) {
     this.socket = socket;
     socket.on('data', this.onSniffData);
-    socket.on('end', this.onSniffEnd);
-    socket.on('error', this.onSniffEnd);
-    socket.setTimeout(front.server.headersTimeout || front.server.keepAliveTimeout, this.onSniffEnd);
+    socket.on('end', this.onSniffGone);
+    socket.on('error', this.onSniffGone);
+    socket.setTimeout(front.server.headersTimeout || front.server.keepAliveTimeout, this.onSniffTimeout);
   }
 
   private readonly onSniffData = (chunk: Buffer): void => {
@@ -281,17 +281,25 @@ class EpochConnection {
     else this.socket.pause();
   };
 
-  /** Before the first head is whole, node:http deals with ends, errors and slow heads. */
-  private readonly onSniffEnd = (): void => {
+  /** The client went before its first head was whole: it asked for nothing. */
+  private readonly onSniffGone = (): void => {
+    if (this.state !== 'sniff') return;
+    this.stopSniffing();
+    this.close();
+    this.socket.destroy();
+  };
+
+  /** A first head slower than node:http's headersTimeout: node:http deals with it (408). */
+  private readonly onSniffTimeout = (): void => {
     if (this.state === 'sniff') this.handOver(null);
   };
 
   private stopSniffing(): void {
     const socket = this.socket;
     socket.off('data', this.onSniffData);
-    socket.off('end', this.onSniffEnd);
-    socket.off('error', this.onSniffEnd);
-    socket.off('timeout', this.onSniffEnd);
+    socket.off('end', this.onSniffGone);
+    socket.off('error', this.onSniffGone);
+    socket.off('timeout', this.onSniffTimeout);
     socket.setTimeout(0);
   }
 
@@ -366,7 +374,11 @@ class EpochConnection {
     // The scratch read went where the scratch's end was when it was asked
     // for; consuming since may have moved the end back (never forward).
     const at = buffer.byteOffset - this.scratch.byteOffset;
-    if (at !== this.filled) this.scratch.copyWithin(this.filled, at, at + bytes);
+    if (at < this.filled) {
+      this.socket.destroy(new Error('epoch fast path: a read landed on bytes not yet consumed'));
+      return false;
+    }
+    if (at > this.filled) this.scratch.copyWithin(this.filled, at, at + bytes);
     this.filled += bytes;
     return this.consumeScratch();
   }

@@ -3,7 +3,7 @@ import { setFlagsFromString } from 'node:v8';
 import fc from 'fast-check';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { EpochBodyReader, type InputSlabProvider } from '../src/epoch-body.js';
+import { EpochBodyReader, InPlaceBody, type InputSlabProvider } from '../src/epoch-body.js';
 import { encodeEpochRecord } from '../src/trace.js';
 
 const PAGE_SIZE = 4096;
@@ -198,5 +198,114 @@ describe('EpochBodyReader', () => {
       await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_BODY_TOO_LONG' });
       expect(request.isPaused()).toBe(true);
     });
+  });
+});
+
+describe('InPlaceBody (the fast path reads into the slab)', () => {
+  /**
+   * Drive the body as src/fast-path.ts does: each step reads at most `step`
+   * bytes, into the slab window when there is one (a read never goes past
+   * the window), else into a scratch that is then written in (a copy).
+   */
+  function feed(body: Uint8Array, inPlace: InPlaceBody, steps: number[]): { windows: number; copied: number } {
+    let at = 0;
+    let windows = 0;
+    let copied = 0;
+    for (let i = 0; at < body.length && !inPlace.stopped; i++) {
+      const step = Math.max(1, steps[i % steps.length]);
+      const window = inPlace.window(body.length - at);
+      if (window !== null) {
+        const bytes = Math.min(step, window.length);
+        window.set(body.subarray(at, at + bytes));
+        inPlace.wrote(bytes);
+        at += bytes;
+        windows++;
+      } else {
+        const bytes = Math.min(step, body.length - at);
+        inPlace.write(body.slice(at, at + bytes));
+        at += bytes;
+        copied += bytes;
+      }
+    }
+    return { windows, copied };
+  }
+
+  it('any mix of reads in place and copies: the slab holds the body, byte for byte', async () => {
+    const length = epochBody().length;
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.integer({ min: 1, max: length }), { minLength: 1, maxLength: 30 }), async (steps) => {
+        const body = epochBody();
+        const r = reader(body);
+        const inPlace = new InPlaceBody();
+        const pumped = r.pump(inPlace);
+        const { windows } = feed(body, inPlace, steps);
+        inPlace.end();
+        await pumped;
+        await r.finished();
+        const meta = await r.metadata();
+        expect(Buffer.from(meta.input.subarray(0, body.length)).equals(Buffer.from(body))).toBe(true);
+        // Once the header is in, reads go straight to the slab.
+        if (steps[0] >= 16 && body.length > steps[0]) expect(windows).toBeGreaterThan(0);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('the window never reaches past the record, nor past the limit asked', async () => {
+    const body = epochBody();
+    const r = reader(body);
+    const inPlace = new InPlaceBody();
+    const pumped = r.pump(inPlace);
+    expect(inPlace.window(body.length)).toBeNull();
+    inPlace.write(body.slice(0, 100));
+    expect(inPlace.window(50)?.length).toBe(50);
+    expect(inPlace.window(body.length)?.length).toBe(body.length - 100);
+    inPlace.write(body.slice(100));
+    expect(inPlace.window(body.length)).toBeNull();
+    inPlace.end();
+    await pumped;
+    await r.finished();
+  });
+
+  it('a bad header stops it: stopped, onStop called once, the failure reported, later bytes ignored', async () => {
+    const body = epochBody();
+    new DataView(body.buffer, body.byteOffset).setUint32(4, 7, true); // epoch 7; the stream expects 1
+    const r = reader(body);
+    const inPlace = new InPlaceBody();
+    let stops = 0;
+    inPlace.onStop = () => stops++;
+    const pumped = r.pump(inPlace);
+    inPlace.write(body.slice(0, 4096));
+    expect(inPlace.stopped).toBe(true);
+    expect(stops).toBe(1);
+    expect(inPlace.window(body.length)).toBeNull();
+    inPlace.write(body.slice(4096));
+    inPlace.end();
+    await pumped;
+    await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_OUT_OF_ORDER' });
+    expect(stops).toBe(1);
+  });
+
+  it('a body that ends short is EPOCH_TRUNCATED; abort stops the transport with its reason', async () => {
+    const short = epochBody();
+    const r = reader(short);
+    const inPlace = new InPlaceBody();
+    const pumped = r.pump(inPlace);
+    feed(short.subarray(0, 10_000), inPlace, [3000]);
+    inPlace.end();
+    await pumped;
+    await expect(r.finished()).rejects.toMatchObject({ code: 'EPOCH_TRUNCATED' });
+
+    const aborted = reader(short);
+    const body = new InPlaceBody();
+    let stopped = false;
+    body.onStop = () => (stopped = true);
+    const abortedPump = aborted.pump(body);
+    feed(short.subarray(0, 10_000), body, [3000]);
+    aborted.abort(new Error('client went away'));
+    expect(stopped).toBe(true);
+    expect(body.window(short.length)).toBeNull();
+    await abortedPump;
+    await expect(aborted.finished()).rejects.toThrow('client went away');
   });
 });

@@ -377,6 +377,12 @@ interface StreamInfo {
   config: Record<string, unknown>;
 }
 
+/** A stream of `config` on `side`, a fresh connection to it, and a receiver image to check its frames. */
+async function streamConnection(side: Side, config: Record<string, unknown> = SMALL_STREAM): Promise<{ id: string; conn: RawConn; mirror: Mirror }> {
+  const id = await createStream(side, config);
+  return { id, conn: await RawConn.open(side.port), mirror: new Mirror(side.name) };
+}
+
 async function createStream(side: Side, config: Record<string, unknown>): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${side.port}/v1/streams`, {
     method: 'POST',
@@ -716,9 +722,7 @@ describe('a request written in pieces', () => {
     const epochs = small.slice(0, 2);
     // The unsplit answers, per side: the reference.
     const reference = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const conn = await RawConn.open(side.port);
-      const mirror = new Mirror(side.name);
+      const { id, conn, mirror } = await streamConnection(side);
       const frames = [await sendEpoch(side, conn, id, epochs[0], mirror), await sendEpoch(side, conn, id, epochs[1], mirror)];
       mirror.expectExact();
       conn.destroy();
@@ -757,9 +761,7 @@ describe('a request written in pieces', () => {
         runs++;
         for (const side of [on, off]) {
           try {
-            const id = await createStream(side, SMALL_STREAM);
-            const conn = await RawConn.open(side.port);
-            const mirror = new Mirror(side.name);
+            const { id, conn, mirror } = await streamConnection(side);
             for (const [i, specs] of [specs0, specs1].entries()) {
               const e = epochs[i];
               const head = Buffer.from(epochHead(id, e.record.length), 'latin1');
@@ -795,9 +797,7 @@ describe('pipelining', () => {
    */
   it('two epochs of one stream written back to back in one write: both answered, in order, the same on both paths', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const conn = await RawConn.open(side.port);
-      const mirror = new Mirror(side.name);
+      const { id, conn, mirror } = await streamConnection(side);
       await sendEpoch(side, conn, id, small[0], mirror);
       await conn.write(Buffer.concat([epochRequest(id, small[1].record), epochRequest(id, small[2].record)]));
       const first = await conn.response();
@@ -847,9 +847,7 @@ describe('pipelining', () => {
 
   it('an epoch pipelined with a GET, then garbage: the epoch answered, then the GET, then 400 for the garbage', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const conn = await RawConn.open(side.port);
-      const mirror = new Mirror(side.name);
+      const { id, conn, mirror } = await streamConnection(side);
       await conn.write(Buffer.concat([epochRequest(id, small[0].record), Buffer.from(getRequest('/health'), 'latin1')]));
       const epoch = await conn.response();
       mirror.apply(expectFrames(side, epoch, 'the pipelined epoch'), small[0]);
@@ -875,9 +873,7 @@ describe('pipelining', () => {
 describe('fast epochs and other requests on one connection', () => {
   it('epoch, GET the stream, epoch, chunked epoch, epoch, GET /health, 404, epoch: all answered correctly', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const conn = await RawConn.open(side.port);
-      const mirror = new Mirror(side.name);
+      const { id, conn, mirror } = await streamConnection(side);
       const frames: string[] = [];
       frames.push(digestOf(await sendEpoch(side, conn, id, small[0], mirror)));
 
@@ -910,9 +906,7 @@ describe('fast epochs and other requests on one connection', () => {
 
   it('a connection that starts with other requests: its epochs are answered as well', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const conn = await RawConn.open(side.port);
-      const mirror = new Mirror(side.name);
+      const { id, conn, mirror } = await streamConnection(side);
       await conn.write(getRequest('/health'));
       expect((await conn.response()).status).toBe(200);
       const frames = [];
