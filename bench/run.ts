@@ -93,9 +93,9 @@ async function main(): Promise<void> {
     kernelSources.push({ name: `synthetic ${profile}, 4096 pages, 20 epochs`, load: async () => generateTrace({ seed: 1, epochs: 20, pages: 4096, profile }) });
   }
 
-  const ceilingRuns = [...new Set(plan.load.map((c) => `${c.transport} ${c.epochMiB}`))].map((key) => {
+  const ceilingRuns = [...new Set(plan.load.map((c) => `${c.transport} ${c.epochMiB}`))].flatMap((key) => {
     const [transport, epochMiB] = key.split(' ');
-    return { transport: transport as LoadConfig['transport'], epochMiB: Number(epochMiB) };
+    return (['http', 'slab'] as const).map((read) => ({ transport: transport as LoadConfig['transport'], epochMiB: Number(epochMiB), read }));
   });
   const steps = kernelSources.length + plan.load.length + ceilingRuns.length;
   let done = 0;
@@ -118,9 +118,9 @@ async function main(): Promise<void> {
     step(`load: ${config.transport}, ${config.workers} workers, ${config.epochMiB} MiB, ${config.streams} streams`);
   }
   const ceiling: CeilingResult[] = [];
-  for (const { transport, epochMiB } of ceilingRuns) {
-    ceiling.push(await runHttpCeiling(epochMiB, plan.load[0].epochs, transport));
-    step(`transfer ceiling: ${transport}, ${epochMiB} MiB`);
+  for (const { transport, epochMiB, read } of ceilingRuns) {
+    ceiling.push(await runHttpCeiling(epochMiB, plan.load[0].epochs, transport, read));
+    step(`transfer ceiling: ${transport}, ${epochMiB} MiB, ${read}`);
   }
   bar?.finish();
 
@@ -142,7 +142,7 @@ async function main(): Promise<void> {
     '',
     formatLoad(load),
     '',
-    'Transfer ceiling, same run: the same dirty epochs POSTed to a bare node:http server in its own process that only copies the body into a SharedArrayBuffer (no compression, no frames).',
+    'Transfer ceiling, same run: the same dirty epochs POSTed to a bare server in its own process that only puts the body in a SharedArrayBuffer (no compression, no frames), through node:http or read straight into it as the epoch fast path does.',
     '',
     formatCeiling(ceiling),
     '',
