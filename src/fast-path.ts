@@ -243,6 +243,10 @@ class EpochConnection {
   private readonly pending = new Set<(err: Error | null) => void>();
   /** The relayed request's bridge to node:http. */
   private bridge: Duplex | null = null;
+  /** Ends the current bridge's input, from our side. */
+  private endRelay: (() => void) | null = null;
+  /** Whether node:http has answered the relayed request already (before its body was all relayed). */
+  private relayDone = false;
   onClosed: (() => void) | null = null;
 
   constructor(
@@ -281,7 +285,7 @@ class EpochConnection {
     else this.socket.pause();
   };
 
-  /** The client went before its first head was whole: it asked for nothing. */
+  /** The client went (or the server is closing) before its first head was whole: it asked for nothing. */
   private readonly onSniffGone = (): void => {
     if (this.state !== 'sniff') return;
     this.stopSniffing();
@@ -621,9 +625,6 @@ class EpochConnection {
     return this.feedRelay();
   }
 
-  /** Ends the current bridge's input, from our side. */
-  private endRelay: (() => void) | null = null;
-
   /** Pass what the scratch holds of the relayed request to node:http. */
   private feedRelay(): boolean {
     const bridge = this.bridge as Duplex;
@@ -637,9 +638,6 @@ class EpochConnection {
     this.state = 'relayAnswer';
     return false;
   }
-
-  /** Whether node:http has answered the relayed request already (before its body was all relayed). */
-  private relayDone = false;
 
   /**
    * node:http has answered the relayed request on `bridge` (`whole`: to the
@@ -707,7 +705,8 @@ class EpochConnection {
   shutdown(): void {
     this.keepAlive = false;
     // A connection that has not sent a whole request yet has asked for nothing.
-    if ((this.state === 'head' && this.filled === 0) || this.state === 'sniff') this.socket.destroy();
+    if (this.state === 'sniff') this.onSniffGone();
+    else if (this.state === 'head' && this.filled === 0) this.socket.destroy();
   }
 }
 
