@@ -139,6 +139,17 @@ async function stopServer(server: Server): Promise<void> {
   if (server.dir !== null) rmSync(server.dir, { recursive: true, force: true });
 }
 
+/** What both bare servers share: a growing shared slab with the service's memcpy (an empty copy is none), and where they listen. */
+const CEILING_SLAB = `
+const copyInto = (target, offset, source) => { if (source.length > 0) Buffer.prototype.fill.call(target, source, offset, offset + source.length); };
+let slab = new Uint8Array(new SharedArrayBuffer(1));
+`;
+const CEILING_LISTEN = `
+const socketPath = process.argv[1];
+if (socketPath) server.listen(socketPath, () => console.error('listening on unix:' + socketPath));
+else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
+`;
+
 /**
  * The transfer ceiling: a bare node:http server in its own process that
  * copies each request body into a SharedArrayBuffer as the sender's body
@@ -148,8 +159,7 @@ async function stopServer(server: Server): Promise<void> {
  */
 const CEILING_SERVER = `
 const { createServer } = require('node:http');
-const copyInto = (target, offset, source) => Buffer.prototype.fill.call(target, source, offset, offset + source.length);
-let slab = new Uint8Array(new SharedArrayBuffer(1));
+${CEILING_SLAB}
 const server = createServer((req, res) => {
   let n = 0;
   req.on('data', (c) => {
@@ -158,10 +168,7 @@ const server = createServer((req, res) => {
   });
   req.on('end', () => res.end(String(n)));
 });
-const socketPath = process.argv[1];
-if (socketPath) server.listen(socketPath, () => console.error('listening on unix:' + socketPath));
-else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
-`;
+${CEILING_LISTEN}`;
 
 /**
  * The transfer ceiling of the fast path: the same bare server, but each
@@ -172,7 +179,7 @@ else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.
 const SLAB_CEILING_SERVER = `
 const { createServer } = require('node:http');
 const { Socket } = require('node:net');
-let slab = new Uint8Array(new SharedArrayBuffer(1));
+${CEILING_SLAB}
 const server = createServer();
 server.removeAllListeners('connection');
 server.on('connection', (accepted) => {
@@ -193,7 +200,7 @@ server.on('connection', (accepted) => {
         const length = Number(/content-length: *(\\d+)/i.exec(head.toString('latin1', 0, end))[1]);
         if (slab.length < length) slab = new Uint8Array(new SharedArrayBuffer(length));
         received = Math.min(filled - end - 4, length);
-        Buffer.prototype.fill.call(slab, head.subarray(end + 4, end + 4 + received), 0, received);
+        copyInto(slab, 0, head.subarray(end + 4, end + 4 + received));
         left = length - received;
       }
       if (left === 0) answer();
@@ -202,10 +209,7 @@ server.on('connection', (accepted) => {
   } });
   socket.resume();
 });
-const socketPath = process.argv[1];
-if (socketPath) server.listen(socketPath, () => console.error('listening on unix:' + socketPath));
-else server.listen(0, '127.0.0.1', () => console.error('listening on http://127.0.0.1:' + server.address().port));
-`;
+${CEILING_LISTEN}`;
 
 /** Spawn a server and wait for its 'listening on http://host:port' or 'listening on unix:path' line. */
 async function startChild(args: string[], dir: string | null): Promise<Server> {

@@ -44,6 +44,31 @@ export async function exchangeEpoch({ stream, body, declaredLength, sink, signal
   }
 }
 
+/**
+ * The frames of an answer written but not yet flushed: each frame's slab is
+ * released once, when its write completes, or when the connection closes (a
+ * write into a socket that is already gone never calls back, and after
+ * 'close' nothing reads the slab any more). Both transports' sinks use it.
+ */
+export class PendingFrames {
+  private readonly pending = new Set<(err?: Error | null) => void>();
+
+  /** The write callback for a frame whose slab `release` gives back. */
+  hold(release: (err?: Error | null) => void): (err?: Error | null) => void {
+    const once = (err?: Error | null): void => {
+      if (!this.pending.delete(once)) return;
+      release(err ?? null);
+    };
+    this.pending.add(once);
+    return once;
+  }
+
+  /** The connection closed: every slab still held goes back. */
+  releaseAll(): void {
+    for (const release of [...this.pending]) release(new Error('connection closed'));
+  }
+}
+
 /** The abort reason when the client goes away before the epoch's answer is out. */
 export function clientDisconnected(): ServiceError {
   return new ServiceError('CLIENT_DISCONNECTED', 'the client closed the connection before the epoch was sent', 499);

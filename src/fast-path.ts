@@ -4,7 +4,7 @@ import { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from './content-types.js';
 import { InPlaceBody } from './epoch-body.js';
-import { clientDisconnected, errorAnswer, exchangeEpoch } from './epoch-exchange.js';
+import { clientDisconnected, errorAnswer, exchangeEpoch, PendingFrames } from './epoch-exchange.js';
 import { MAX_HEAD_BYTES, findHeadEnd, parseRequestHead, type RequestHead } from './http-head.js';
 import type { FrameSink } from './merge.js';
 import type { ServiceMetrics } from './metrics.js';
@@ -151,15 +151,15 @@ export class EpochFastPath {
     const path = EPOCH_PATH.exec(head.path);
     if (path === null) return null;
     const { headers } = head;
-    const length = headers.get('content-length');
-    if (length === undefined || !DECIMAL.test(length)) return null;
     // HTTP/1.1 requires a Host header; node:http refuses a request without one.
-    if (!headers.has('host') || headers.has('transfer-encoding') || headers.has('expect') || headers.has('upgrade')) return null;
+    if (!headers.has('host') || !headers.has('content-length') || headers.has('expect')) return null;
+    const length = bodyLength(head);
+    if (length === null) return null;
     if (headers.get('content-type')?.split(';', 1)[0].trim().toLowerCase() !== EPOCH_CONTENT_TYPE) return null;
     if (this.options.authorized !== undefined && !this.options.authorized(headers.get('authorization'))) return null;
     const stream = this.options.sender.find(path[1]);
     if (stream === undefined) return null;
-    return { stream, contentLength: Number(length), keepAlive: !connectionTokens(head).includes('close'), head };
+    return { stream, contentLength: length, keepAlive: !connectionTokens(head).includes('close'), head };
   }
 
   /** A new connection: read its first head, then keep it or hand it over. */
@@ -240,7 +240,7 @@ class EpochConnection {
   private cut: AbortController | null = null;
   private headersSent = false;
   /** Frames written but not yet flushed, released if the connection closes first. */
-  private readonly pending = new Set<(err: Error | null) => void>();
+  private readonly pending = new PendingFrames();
   /** The relayed request's bridge to node:http. */
   private bridge: Duplex | null = null;
   /** Ends the current bridge's input, from our side. */
@@ -494,15 +494,10 @@ class EpochConnection {
           release(new Error('connection closed'));
           return;
         }
-        const once = (err: Error | null | undefined): void => {
-          if (!this.pending.delete(once)) return;
-          release(err ?? null);
-        };
-        this.pending.add(once);
         socket.cork();
         socket.write(`${head}${frame.length.toString(16)}\r\n`);
         head = '';
-        socket.write(frame, once);
+        socket.write(frame, this.pending.hold(release));
         socket.write('\r\n');
         socket.uncork();
       },
@@ -692,7 +687,7 @@ class EpochConnection {
     // A controller that goes away mid-answer aborts the epoch, exactly as if
     // it had asked: the receiver cannot have committed it.
     this.cut?.abort(clientDisconnected());
-    for (const release of [...this.pending]) release(new Error('connection closed'));
+    this.pending.releaseAll();
   }
 
   private close(): void {

@@ -11,7 +11,9 @@
  * thread, marking on the other core, and tens of MiB of freed-but-kept
  * malloc heap in the peak RSS. A minor collection every PACE_BYTES of body
  * frees them instead, for 0.1-0.3 ms (a ~1 MiB young generation, nearly all
- * dead). docs/PERFORMANCE.md, "End to end", has the figures.
+ * dead). docs/PERFORMANCE.md, "End to end", has the figures. Bodies on the
+ * epoch fast path (fast-path.ts) are read into the slab without such
+ * buffers and are not counted.
  *
  * The collector is V8's `gc`, there only when Node runs with --expose-gc
  * (SERVICE_NODE_FLAGS: `npm start` and the `remus-compress` shebang pass it);

@@ -12,7 +12,8 @@
  * lower (docs/PERFORMANCE.md, "Memory").
  *
  * --expose-gc: lets the GC pacer (gc-pacer.ts) collect the young generation
- * every 4 MiB of request body, freeing node:http's socket buffers young
+ * every 4 MiB of request body read through node:http (an epoch off the fast
+ * path: relayed, or `--no-fast-path`), freeing its socket buffers young
  * instead of in a full collection every epoch or two.
  *
  * --optimize-for-size: V8 grows its old generation less between full

@@ -7,7 +7,7 @@ import { ServiceError } from '../errors.js';
 import { EPOCH_CONTENT_TYPE, FRAMES_CONTENT_TYPE } from '../content-types.js';
 import type { ServiceMetrics } from '../metrics.js';
 import { errorSchema } from './schemas.js';
-import { clientDisconnected, exchangeEpoch } from '../epoch-exchange.js';
+import { clientDisconnected, exchangeEpoch, PendingFrames } from '../epoch-exchange.js';
 import { installEpochFastPath } from '../fast-path.js';
 import { bearerTokenCheck } from '../auth.js';
 
@@ -263,14 +263,11 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
 /**
  * The HTTP response as a frame sink: headers go with the first frame; a
  * frame's slab is released when its write completes, or when the connection
- * closes (a write into a socket that is already gone never calls back, and
- * after 'close' nothing reads the slab any more).
+ * closes (PendingFrames).
  */
 function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
-  const pending = new Set<(err: Error | null) => void>();
-  reply.raw.once('close', () => {
-    for (const release of [...pending]) release(new Error('connection closed'));
-  });
+  const pending = new PendingFrames();
+  reply.raw.once('close', () => pending.releaseAll());
   return {
     begin() {
       reply.hijack();
@@ -281,12 +278,7 @@ function responseSink(request: FastifyRequest, reply: FastifyReply): FrameSink {
         release(new Error('connection closed'));
         return;
       }
-      const once = (err: Error | null): void => {
-        if (!pending.delete(once)) return;
-        release(err);
-      };
-      pending.add(once);
-      reply.raw.write(frame, (err) => once(err ?? null));
+      reply.raw.write(frame, pending.hold(release));
     },
   };
 }
