@@ -55,6 +55,13 @@ let errB: u32 = 0;
 }
 
 /**
+ * The bits of the words copied by a `track` entry point, OR-ed together
+ * (zeroed on entry): not zero proves the page is not all zero without
+ * reading it again. A global so that the inlined copies can add to it.
+ */
+let copiedBits: v128 = i32x4(0, 0, 0, 0);
+
+/**
  * First byte offset j >= i (a multiple of 4) below n where the words of
  * cur and cached differ, or n. 64 bytes per test (four v128 XORs OR-ed
  * together); the lane is located only in a block that differs.
@@ -111,18 +118,25 @@ let errB: u32 = 0;
   return n;
 }
 
-/** Copy `bytes` (a multiple of 4) from src to both out and cache: each vector loaded once, stored twice. */
+/**
+ * Copy `bytes` (a multiple of 4) from src to both out and cache: each
+ * vector loaded once, stored twice. With `track`, notes them in copiedBits.
+ */
 // @ts-ignore: decorator
-@inline function copyTwice(src: usize, out: usize, cache: usize, bytes: u32): void {
+@inline function copyTwice(src: usize, out: usize, cache: usize, bytes: u32, track: bool): void {
+  let bits = i32x4(0, 0, 0, 0);
   let j: u32 = 0;
   while (j + 16 <= bytes) {
     const v = v128.load(src + j);
+    if (track) bits = v128.or(bits, v);
     v128.store(out + j, v);
     v128.store(cache + j, v);
     j += 16;
   }
+  if (track) copiedBits = v128.or(copiedBits, bits);
   while (j < bytes) {
     const w = load<u32>(src + j);
+    if (track) copiedBits = v128.or(copiedBits, i32x4.splat(w));
     store<u32>(out + j, w);
     store<u32>(cache + j, w);
     j += 4;
@@ -140,15 +154,34 @@ let errB: u32 = 0;
   return pos;
 }
 
+/** Whether the `bytes` bytes at `off` are all zero. */
+// @ts-ignore: decorator
+@inline function allZero(off: usize, bytes: u32): bool {
+  let i: u32 = 0;
+  while (i + 64 <= bytes) {
+    const p = off + i;
+    const x = v128.or(v128.or(v128.load(p), v128.load(p, 16)), v128.or(v128.load(p, 32), v128.load(p, 48)));
+    if (v128.any_true(x)) return false;
+    i += 64;
+  }
+  while (i < bytes) {
+    if (load<u8>(off + i) != 0) return false;
+    i++;
+  }
+  return true;
+}
+
 /**
  * encodeRemusDelta: encode the page at `cur` (pageSize bytes, a multiple of
  * 4) against its cached copy at `cached`, writing EMPTY if identical, else the
  * run sequence (copy runs split 127, 127, ..., rest; trailing skip runs
  * emitted), at `out`; returns the end. Copies every changed word into the
  * cached copy, so afterwards cached equals cur. Writes out only up to the
- * returned end (at most remusMaxEncodedBytes(pageSize) bytes).
+ * returned end (at most remusMaxEncodedBytes(pageSize) bytes). With `track`,
+ * the changed words are noted in copiedBits.
  */
-export function encodeDelta(cur: usize, cached: usize, pageSize: u32, out: usize): usize {
+// @ts-ignore: decorator
+@inline function deltaInto(cur: usize, cached: usize, pageSize: u32, out: usize, track: bool): usize {
   const n = pageSize;
   let i = nextChanged(cur, cached, 0, n);
   if (i == n) {
@@ -163,7 +196,7 @@ export function encodeDelta(cur: usize, cached: usize, pageSize: u32, out: usize
       let len = e - i;
       if (len > MAX_RUN_BYTES) len = MAX_RUN_BYTES;
       store<u8>(pos, <u8>(len >> 2));
-      copyTwice(cur + i, pos + 1, cached + i, len);
+      copyTwice(cur + i, pos + 1, cached + i, len, track);
       pos += 1 + len;
       i += len;
     } while (i < e);
@@ -176,6 +209,24 @@ export function encodeDelta(cur: usize, cached: usize, pageSize: u32, out: usize
   }
 }
 
+/** encodeRemusDelta (deltaInto); returns the end. */
+export function encodeDelta(cur: usize, cached: usize, pageSize: u32, out: usize): usize {
+  return deltaInto(cur, cached, pageSize, out, false);
+}
+
+/**
+ * A cache hit in one pass over the page: encodeDelta, except that when the
+ * page is all zero it returns 0 (never an end: out + 1 > 0) and the bytes
+ * at out are not a record; the cached copy equals the page either way.
+ */
+export function encodeDeltaOrZero(cur: usize, cached: usize, pageSize: u32, out: usize): usize {
+  copiedBits = i32x4(0, 0, 0, 0);
+  const end = deltaInto(cur, cached, pageSize, out, true);
+  // A changed word that is not zero (most changed pages: it is in the first
+  // run) settles it; else the page is read once more, as isZeroPage would.
+  return v128.any_true(copiedBits) || !allZero(cur, pageSize) ? end : 0;
+}
+
 /** encodeRemusFull: FULL_PAGE then the page at `src`; returns the end. */
 export function encodeFull(src: usize, pageSize: u32, out: usize): usize {
   store<u8>(out, FULL_PAGE);
@@ -183,20 +234,22 @@ export function encodeFull(src: usize, pageSize: u32, out: usize): usize {
   return out + 1 + pageSize;
 }
 
+/**
+ * A cache miss in one pass over the page: FULL_PAGE then the page at `src`
+ * written at `out`, the page copied into its new cache slot at `cache`;
+ * returns the end, or 0 when the page is all zero (the slot then holds the
+ * zeros; the bytes at out are not a record).
+ */
+export function encodeFullOrZero(src: usize, pageSize: u32, out: usize, cache: usize): usize {
+  copiedBits = i32x4(0, 0, 0, 0);
+  store<u8>(out, FULL_PAGE);
+  copyTwice(src, out + 1, cache, pageSize, true);
+  return v128.any_true(copiedBits) ? out + 1 + pageSize : 0;
+}
+
 /** 1 when the `bytes` bytes at `off` are all zero, else 0. */
 export function isZeroPage(off: usize, bytes: u32): i32 {
-  let i: u32 = 0;
-  while (i + 64 <= bytes) {
-    const p = off + i;
-    const x = v128.or(v128.or(v128.load(p), v128.load(p, 16)), v128.or(v128.load(p, 32), v128.load(p, 48)));
-    if (v128.any_true(x)) return 0;
-    i += 64;
-  }
-  while (i < bytes) {
-    if (load<u8>(off + i) != 0) return 0;
-    i++;
-  }
-  return 1;
+  return allZero(off, bytes) ? 1 : 0;
 }
 
 /** memmove of n bytes (a FULL page into a cache slot, say). */

@@ -63,11 +63,13 @@ function expectGuard(from: number, to: number, what: string): void {
 
 /**
  * Encode `cur` against `old` with both codecs; the wasm side at the given
- * byte misalignments. Checks the record, the cache page after, that nothing
- * past the record's end or around the pages was written, and that the page
- * was not. Returns the record.
+ * byte misalignments, by encodeDelta or (onePass) encodeDeltaOrZero, which
+ * must return 0 exactly when `cur` is all zero and else the same record.
+ * Checks the record, the cache page after, that nothing past the record's
+ * end or around the pages was written, and that the page was not. Returns
+ * the record.
  */
-function expectSameEncode(old: Uint32Array, cur: Uint32Array, shift = { cur: 0, cached: 0, out: 0 }): Uint8Array {
+function expectSameEncode(old: Uint32Array, cur: Uint32Array, shift = { cur: 0, cached: 0, out: 0 }, onePass = false): Uint8Array {
   const pageSize = cur.length * 4;
   const cachedTs = old.slice();
   const out = new Uint8Array(remusMaxEncodedBytes(pageSize));
@@ -80,7 +82,17 @@ function expectSameEncode(old: Uint32Array, cur: Uint32Array, shift = { cur: 0, 
   mem.fill(SENTINEL, CUR - GUARD, INPUT);
   mem.set(u8(cur), c);
   mem.set(u8(old), kk);
-  const wend = k.encodeDelta(c, kk, pageSize, o);
+  let wend: number;
+  if (onePass) {
+    const zero = isZeroPage(cur, 0, cur.length);
+    const r = k.encodeDeltaOrZero(c, kk, pageSize, o);
+    if (zero) expect(r, 'an all-zero page gives 0').toBe(0);
+    else expect(r, 'a page with a non-zero word gives its end').toBe(o + end);
+    // The bytes it wrote (as a record, or past a zero page's ZERO record) are encodeDelta's.
+    wend = o + end;
+  } else {
+    wend = k.encodeDelta(c, kk, pageSize, o);
+  }
   expectBytes(mem.subarray(o, wend), record, `record (${pageSize}-byte page)`);
   expectBytes(mem.subarray(kk, kk + pageSize), u8(cachedTs), 'cache page after encoding');
   expectBytes(mem.subarray(c, c + pageSize), u8(cur), 'current page (must not be written)');
@@ -219,6 +231,25 @@ describe('wasm encodeDelta equals encodeRemusDelta', () => {
         expectSameEncode(old, cur);
       }
     }
+  });
+
+  it('encodeDeltaOrZero: the same, and 0 exactly for an all-zero page (unchanged, changed to zero, or whose changed words are zero)', () => {
+    const zeroArb = fc.constantFrom('as built' as const, 'all zero' as const, 'changed words zeroed' as const, 'one word left' as const);
+    fc.assert(
+      fc.property(pageArb, zeroArb, fc.nat(), (p, how, at) => {
+        const { old, cur } = buildPages(p);
+        if (how === 'all zero') cur.fill(0);
+        // The changed words become zero, the unchanged stay as cached: zero only where the cached copy was.
+        if (how === 'changed words zeroed') for (let i = 0; i < cur.length; i++) if (cur[i] !== old[i]) cur[i] = 0;
+        // Every word zero but one, changed or not: the kernel must look past the changed words.
+        if (how === 'one word left') {
+          const keep = at % cur.length;
+          for (let i = 0; i < cur.length; i++) if (i !== keep) cur[i] = 0;
+        }
+        expectSameEncode(old, cur, p.shift, true);
+      }),
+      { numRuns: 3000 },
+    );
   });
 
   it('emits EMPTY for an identical page and leaves the cache as it was', () => {
@@ -375,6 +406,39 @@ describe('wasm helpers', () => {
     expectGuard(TARGET + 4096, TARGET + 4096 + GUARD, 'after');
   });
 
+  it('encodeFullOrZero: the FULL record and the page in its cache slot, in one pass; 0 exactly for an all-zero page', () => {
+    for (const pageSize of [4, 12, 512, 4096, 4100]) {
+      const page = new Uint32Array(pageSize / 4);
+      const want = new Uint8Array(pageSize + 1);
+      // All zero, then one non-zero byte at a time (every lane of a vector, the word tail), then random.
+      const cases: Uint32Array[] = [page.slice()];
+      for (let b = 0; b < pageSize; b += 1 + (b % 13)) {
+        const one = page.slice();
+        new Uint8Array(one.buffer)[b] = 1 << (b % 8);
+        cases.push(one);
+      }
+      const random = page.slice();
+      fillRandom(random, pageSize);
+      cases.push(random);
+      for (const cur of cases) {
+        mem.fill(SENTINEL, CUR - GUARD, INPUT);
+        mem.set(u8(cur), CUR);
+        const r = k.encodeFullOrZero(CUR, pageSize, OUT + 1, TARGET);
+        expectBytes(mem.subarray(TARGET, TARGET + pageSize), u8(cur), 'cache slot');
+        expectGuard(TARGET - GUARD, TARGET, 'before the cache slot');
+        expectGuard(TARGET + pageSize, TARGET + pageSize + GUARD, 'after the cache slot');
+        expectGuard(OUT + 2 + pageSize, OUT + 2 + pageSize + GUARD, 'after the record');
+        if (isZeroPage(cur, 0, cur.length)) {
+          expect(r).toBe(0);
+          continue;
+        }
+        encodeRemusFull(u8(cur), 0, pageSize, want, 0);
+        expect(r).toBe(OUT + 1 + pageSize + 1);
+        expectBytes(mem.subarray(OUT + 1, r), want, 'FULL record');
+      }
+    }
+  });
+
   it('checks its arguments: ranges outside the memory, bad page sizes, unshared memory', () => {
     const size = memory.buffer.byteLength;
     expect(() => k.encodeDelta(size - 100, 0, 4096, OUT)).toThrow(RangeError);
@@ -384,6 +448,10 @@ describe('wasm helpers', () => {
     expect(() => k.decodePage(-1, INPUT, TARGET, 4096)).toThrow(RangeError);
     expect(() => k.decodePage(INPUT, INPUT + 1, size - 10, 4096)).toThrow(RangeError);
     expect(() => k.isZeroPage(size - 10, 4096)).toThrow(RangeError);
+    expect(() => k.encodeDeltaOrZero(CUR, CACHED, 4095, OUT)).toThrow(RangeError);
+    expect(() => k.encodeDeltaOrZero(CUR, CACHED, 4096, size - 4096)).toThrow(RangeError);
+    expect(() => k.encodeFullOrZero(CUR, 4096, size - 4096, TARGET)).toThrow(RangeError); // needs 4097 bytes of room
+    expect(() => k.encodeFullOrZero(CUR, 4096, OUT, size - 100)).toThrow(RangeError);
     expect(() => instantiateRemusWasm(new (globalThis as unknown as { WebAssembly: { Memory: new (d: object) => KernelMemory } }).WebAssembly.Memory({ initial: 1 }))).toThrow(TypeError);
   });
 

@@ -148,6 +148,33 @@ function encode(task: EncodeTask): EncodeResult {
       out8[typePos] = RECORD_REMUS;
       pos = k !== null ? k.encodeFull(pageByte, pageSize, pos) : encodeRemusFull(input8, pageByte, pageSize, out8, pos);
       result.rawPages++;
+    } else if (k !== null && !xbzrle) {
+      // The seed's encoding in the kernel: one pass over the page both
+      // encodes it and finds it all zero (end 0), in which case its record
+      // is ZERO and its cache slot holds the zeros, as in the branch below.
+      // The policy sees what it sees there: a lookup, an insert on a miss.
+      let slot = part.lookup(pfn);
+      const hit = slot >= 0;
+      if (!hit) slot = part.insert(pfn);
+      const end = hit
+        ? k.encodeDeltaOrZero(pageByte, cacheAt + slot * pageSize, pageSize, pos)
+        : slot >= 0
+          ? k.encodeFullOrZero(pageByte, pageSize, pos, cacheAt + slot * pageSize)
+          : k.isZeroPage(pageByte, pageSize) ? 0 : k.encodeFull(pageByte, pageSize, pos);
+      if (end === 0) {
+        out8[typePos] = RECORD_ZERO;
+        result.zeroPages++;
+      } else {
+        out8[typePos] = RECORD_REMUS;
+        if (hit) {
+          result.cacheHits++;
+          if (end - pos === 1) result.unchangedPages++;
+          else if (end - pos >= pageSize + 1) result.overflows++;
+        } else {
+          result.cacheMisses++;
+        }
+        pos = end;
+      }
     } else if (k !== null ? k.isZeroPage(pageByte, pageSize) : isZeroPage(input32, pageWord, words)) {
       // One byte on the wire whatever the cache holds; the cache learns the
       // zeros so the page's next delta is taken against them.
@@ -181,9 +208,7 @@ function encode(task: EncodeTask): EncodeResult {
         }
       } else if (slot >= 0) {
         const bodyStart = pos;
-        pos = k !== null
-          ? k.encodeDelta(pageByte, cacheAt + slot * pageSize, pageSize, pos)
-          : encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
+        pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
         result.cacheHits++;
         if (pos - bodyStart === 1) result.unchangedPages++;
         else if (pos - bodyStart >= pageSize + 1) result.overflows++;

@@ -70,6 +70,8 @@ const ERR_RUN_PAST_END = -3;
 interface KernelExports {
   encodeDelta(cur: number, cached: number, pageSize: number, out: number): number;
   encodeFull(src: number, pageSize: number, out: number): number;
+  encodeFullOrZero(src: number, pageSize: number, out: number, cache: number): number;
+  encodeDeltaOrZero(cur: number, cached: number, pageSize: number, out: number): number;
   isZeroPage(off: number, bytes: number): number;
   copyBytes(dst: number, src: number, n: number): void;
   fillBytes(dst: number, value: number, n: number): void;
@@ -177,6 +179,32 @@ export class RemusWasmKernel {
       throw new RangeError(`encodeFull: page ${srcOff} / output ${outOff} (${pageSize} bytes) outside the memory`);
     }
     return this.x.encodeFull(srcOff, pageSize, outOff) >>> 0;
+  }
+
+  /**
+   * A cache hit in one pass over the page: encodeDelta, except that it
+   * returns 0 when the page is all zero (the bytes at outOff are then not a
+   * record; the cached copy equals the page either way).
+   */
+  encodeDeltaOrZero(curOff: number, cachedOff: number, pageSize: number, outOff: number): number {
+    this.checkPageSize('encodeDeltaOrZero', pageSize);
+    if (!this.inside(curOff, pageSize) || !this.inside(cachedOff, pageSize) || !this.inside(outOff, this.maxEncoded(pageSize))) {
+      throw new RangeError(`encodeDeltaOrZero: page ${curOff} / cache ${cachedOff} / output ${outOff} (${pageSize}-byte page) outside the memory`);
+    }
+    return this.x.encodeDeltaOrZero(curOff, cachedOff, pageSize, outOff) >>> 0;
+  }
+
+  /**
+   * A cache miss in one pass over the page: encodeFull of the page at srcOff
+   * at outOff and the page copied into its cache slot at cacheOff; returns
+   * the end, or 0 when the page is all zero (the slot then holds the zeros;
+   * the bytes at outOff are not a record).
+   */
+  encodeFullOrZero(srcOff: number, pageSize: number, outOff: number, cacheOff: number): number {
+    if (!this.inside(srcOff, pageSize) || !this.inside(outOff, pageSize + 1) || !this.inside(cacheOff, pageSize)) {
+      throw new RangeError(`encodeFullOrZero: page ${srcOff} / output ${outOff} / cache ${cacheOff} (${pageSize} bytes) outside the memory`);
+    }
+    return this.x.encodeFullOrZero(srcOff, pageSize, outOff, cacheOff) >>> 0;
   }
 
   /** True when the `bytes` bytes at off are all zero (isZeroPage). */
