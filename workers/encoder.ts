@@ -148,19 +148,31 @@ function encode(task: EncodeTask): EncodeResult {
       out8[typePos] = RECORD_REMUS;
       pos = k !== null ? k.encodeFull(pageByte, pageSize, pos) : encodeRemusFull(input8, pageByte, pageSize, out8, pos);
       result.rawPages++;
-    } else if (k !== null && !xbzrle) {
-      // The seed's encoding in the kernel: one pass over the page both
-      // encodes it and finds it all zero (end 0), in which case its record
-      // is ZERO and its cache slot holds the zeros, as in the branch below.
-      // The policy sees what it sees there: a lookup, an insert on a miss.
+    } else if (k !== null) {
+      // The kernel's path: one pass over the page where it can. A miss, and
+      // a hit of the seed's encoding, both encode the page and find it all
+      // zero (end 0) in that pass; the page's record is then ZERO and its
+      // slot holds the zeros, as on the portable path below, whose order of
+      // policy calls this keeps (a lookup, an insert on a miss).
       let slot = part.lookup(pfn);
       const hit = slot >= 0;
       if (!hit) slot = part.insert(pfn);
-      const end = hit
-        ? k.encodeDeltaOrZero(pageByte, cacheAt + slot * pageSize, pageSize, pos)
-        : slot >= 0
-          ? k.encodeFullOrZero(pageByte, pageSize, pos, cacheAt + slot * pageSize)
-          : k.isZeroPage(pageByte, pageSize) ? 0 : k.encodeFull(pageByte, pageSize, pos);
+      const cached = cacheAt + slot * pageSize;
+      let end: number;
+      if (!hit) {
+        end = slot >= 0 ? k.encodeFullOrZero(pageByte, pageSize, pos, cached) : k.isZeroPage(pageByte, pageSize) ? 0 : k.encodeFull(pageByte, pageSize, pos);
+      } else if (!xbzrle) {
+        end = k.encodeDeltaOrZero(pageByte, cached, pageSize, pos);
+      } else if (k.isZeroPage(pageByte, pageSize)) {
+        k.fill(cached, 0, pageSize);
+        end = 0;
+      } else {
+        // QEMU's save_xbzrle_page: the encoder leaves the cached copy alone;
+        // it becomes the new page whenever the page changed (a delta, or an
+        // overflow sent FULL), which is what the receiver then holds.
+        end = k.encodeXbzrleBody(pageByte, cached, pageSize, pos);
+        if (out8[pos] !== XBZRLE_UNCHANGED) k.copy(cached, pageByte, pageSize);
+      }
       if (end === 0) {
         out8[typePos] = RECORD_ZERO;
         result.zeroPages++;
@@ -168,59 +180,46 @@ function encode(task: EncodeTask): EncodeResult {
         out8[typePos] = RECORD_REMUS;
         if (hit) {
           result.cacheHits++;
-          if (end - pos === 1) result.unchangedPages++;
-          else if (end - pos >= pageSize + 1) result.overflows++;
+          const kind = out8[pos];
+          if (xbzrle ? kind === XBZRLE_UNCHANGED : end - pos === 1) result.unchangedPages++;
+          else if (xbzrle ? kind === XBZRLE_FULL : end - pos >= pageSize + 1) result.overflows++;
         } else {
           result.cacheMisses++;
         }
         pos = end;
       }
-    } else if (k !== null ? k.isZeroPage(pageByte, pageSize) : isZeroPage(input32, pageWord, words)) {
+    } else if (isZeroPage(input32, pageWord, words)) {
       // One byte on the wire whatever the cache holds; the cache learns the
       // zeros so the page's next delta is taken against them.
       out8[typePos] = RECORD_ZERO;
       let slot = part.lookup(pfn);
       if (slot < 0) slot = part.insert(pfn);
-      if (slot >= 0) {
-        if (k !== null) k.fill(cacheAt + slot * pageSize, 0, pageSize);
-        else slab.fill(0, slot * words, slot * words + words);
-      }
+      if (slot >= 0) slab.fill(0, slot * words, slot * words + words);
       result.zeroPages++;
     } else {
       out8[typePos] = RECORD_REMUS;
       let slot = part.lookup(pfn);
+      const bodyStart = pos;
       if (slot >= 0 && xbzrle) {
-        // QEMU's save_xbzrle_page: the encoder leaves the cached copy alone;
-        // it becomes the new page whenever the page changed (a delta, or an
-        // overflow sent FULL), which is what the receiver then holds.
-        const bodyStart = pos;
-        pos = k !== null
-          ? k.encodeXbzrleBody(pageByte, cacheAt + slot * pageSize, pageSize, pos)
-          : encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, out8, pos);
+        // As on the kernel's path above.
+        pos = encodeXbzrleBody(input8, pageByte, slab8, slot * pageSize, pageSize, out8, pos);
         result.cacheHits++;
         const kind = out8[bodyStart];
         if (kind === XBZRLE_UNCHANGED) {
           result.unchangedPages++;
         } else {
-          if (k !== null) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
-          else copyWords(input32, pageWord, slab, slot * words, words);
+          copyWords(input32, pageWord, slab, slot * words, words);
           if (kind === XBZRLE_FULL) result.overflows++;
         }
       } else if (slot >= 0) {
-        const bodyStart = pos;
         pos = encodeRemusDelta(input32, pageWord, slab, slot * words, words, out8, pos);
         result.cacheHits++;
         if (pos - bodyStart === 1) result.unchangedPages++;
         else if (pos - bodyStart >= pageSize + 1) result.overflows++;
       } else {
         slot = part.insert(pfn);
-        if (k !== null) {
-          if (slot >= 0) k.copy(cacheAt + slot * pageSize, pageByte, pageSize);
-          pos = k.encodeFull(pageByte, pageSize, pos);
-        } else {
-          if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
-          pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
-        }
+        if (slot >= 0) copyWords(input32, pageWord, slab, slot * words, words);
+        pos = encodeRemusFull(input8, pageByte, pageSize, out8, pos);
         result.cacheMisses++;
       }
     }
