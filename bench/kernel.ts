@@ -947,6 +947,8 @@ usage: node dist/bench/kernel.js [options]
   --seed N           seed of synthetic traces (default 1)
   --passes N         timed passes after the warm-up pass (default 5)
   --quick            2 timed passes (for npm run bench)
+  --codec NAME       measure only these codecs (repeatable; default all):
+                     ${CODEC_NAMES.join(', ')}
   --json-out PATH    also write the results as JSON
   --help             this text
 
@@ -962,11 +964,13 @@ interface CliOptions {
   epochs: number;
   seed: number;
   passes: number;
+  /** Codecs to measure (all when empty). */
+  codecs: CodecName[];
   jsonOut: string | null;
 }
 
 function parseArgs(argv: string[]): CliOptions | null {
-  const opts: CliOptions = { traces: [], profiles: [], pages: 4096, epochs: 20, seed: 1, passes: 5, jsonOut: null };
+  const opts: CliOptions = { traces: [], profiles: [], pages: 4096, epochs: 20, seed: 1, passes: 5, codecs: [], jsonOut: null };
   let quick = false;
   let passesGiven = false;
   const int = (flag: string, value: string | undefined, min: number): number => {
@@ -1010,6 +1014,12 @@ function parseArgs(argv: string[]): CliOptions | null {
       case '--quick':
         quick = true;
         break;
+      case '--codec': {
+        const c = value();
+        if (!(CODEC_NAMES as readonly string[]).includes(c)) throw new Error(`unknown codec ${c}; known: ${CODEC_NAMES.join(', ')}`);
+        opts.codecs.push(c as CodecName);
+        break;
+      }
       case '--json-out':
         opts.jsonOut = value();
         break;
@@ -1090,7 +1100,7 @@ async function main(argv: string[]): Promise<void> {
   ];
   for (const source of sources) {
     const trace = prepareTrace(source.name, await source.load());
-    const result = measureKernel(trace, { passes: opts.passes });
+    const result = measureKernel(trace, { passes: opts.passes, codecs: opts.codecs.length > 0 ? opts.codecs : CODEC_NAMES });
     results.push(result);
     console.log(formatTable(result) + '\n');
   }
