@@ -24,6 +24,9 @@
  *    As 'xbzrle-wasm', the same with the kernel's XBZRLE encoder against
  *    'xbzrle' (decoded here by the TypeScript decodeXbzrleBody; the
  *    receiver decodes with the kernel's, measured by bench/receiver.ts).
+ *    As 'ours-zstd-wasm', codec 3 (the service's default) on the same
+ *    path against 'ours-zstd': the kernel's records in zstd chunks, the
+ *    same chunks byte for byte; decoded chunk by chunk in TypeScript.
  *  - baselines, stateless, on every dirty page whole: zstd level 1 (libzstd
  *    via zstd-napi) and LZ4 (liblz4 via lz4), into and out of preallocated
  *    slabs; zlib deflate level 1 (node:zlib deflateRawSync / inflateRawSync:
@@ -60,7 +63,7 @@ import { packageRoot } from '../src/package-root.js';
 import { parseTrace } from '../src/trace.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
 import { CODEC_REMUS, CODEC_REMUS_ZSTD, CODEC_XBZRLE, RECORD_ZERO } from '../src/wire.js';
-import { ChunkReader, chunkLimitBytes } from '../src/codec/chunk.js';
+import { CHUNK_INDEX_RESERVE_BYTES, CHUNK_TARGET_BYTES, ChunkReader, chunkLimitBytes } from '../src/codec/chunk.js';
 import { DEFAULT_FRAME_BYTES } from '../src/sender.js';
 import { median } from './stats.js';
 
@@ -158,7 +161,7 @@ export interface KernelCodec {
   decodedPage(e: number, i: number): Uint8Array;
 }
 
-export const CODEC_NAMES = ['ours', 'ours-wasm', 'ours-zstd', 'xbzrle', 'xbzrle-wasm', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
+export const CODEC_NAMES = ['ours', 'ours-wasm', 'ours-zstd', 'ours-zstd-wasm', 'xbzrle', 'xbzrle-wasm', 'zstd-1', 'lz4', 'deflate-1', 'zstd-1/epoch', 'copy'] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 let streamSerial = 0;
@@ -283,7 +286,7 @@ class OursCodec implements KernelCodec {
     const end = this.outEnd[e];
     let pos = this.outStart[e];
     if (this.name === 'ours-zstd') {
-      this.decodeChunks(pos, end, slots);
+      decodeChunks(this.chunks, this.work8, pos, end, slots, this.image, 0, pageSize);
       return;
     }
     for (let i = 0; i < count; i++) {
@@ -295,26 +298,6 @@ class OursCodec implements KernelCodec {
       else pos = decodeRemusPage(input, pos, end, image, at, pageSize);
     }
     if (pos !== end) throw new Error(`${this.name}: epoch ${e} decode ended at ${pos}, records end at ${end}`);
-  }
-
-  /** Codec 3: each chunk's index section says which page of the epoch each record is. */
-  private decodeChunks(pos: number, end: number, slots: Int32Array): void {
-    const { pageSize } = this.trace;
-    const image = this.image;
-    while (pos < end) {
-      const { header: chunk, raw, recordsStart } = this.chunks.open(this.work8, pos, end, slots.length);
-      const indices = this.chunks.indices;
-      let p = recordsStart;
-      for (let k = 0; k < chunk.records; k++) {
-        const type = raw[p++];
-        while ((raw[p++] & 0x80) !== 0); // the pfn; the image slot comes from the page's index
-        const at = slots[indices[k]] * pageSize;
-        if (type === RECORD_ZERO) image.fill(0, at, at + pageSize);
-        else p = decodeRemusPage(raw, p, raw.length, image, at, pageSize);
-      }
-      if (p !== raw.length) throw new Error(`${this.name}: a chunk's records end at ${p} of ${raw.length}`);
-      pos = chunk.end;
-    }
   }
 
   decodedPage(e: number, i: number): Uint8Array {
@@ -352,6 +335,32 @@ function align64(n: number): number {
 }
 
 /**
+ * Codec 3's decode, as a receiver does it: each chunk of the records in
+ * work[pos, end) decompressed, then each record applied (decodeRemusPage)
+ * to the image at imageAt + slot * pageSize, the slot of the page the
+ * chunk's index section names.
+ */
+function decodeChunks(
+  chunks: ChunkReader, work: Uint8Array, pos: number, end: number, slots: Int32Array,
+  image: Uint8Array, imageAt: number, pageSize: number,
+): void {
+  while (pos < end) {
+    const { header: chunk, raw, recordsStart } = chunks.open(work, pos, end, slots.length);
+    const indices = chunks.indices;
+    let p = recordsStart;
+    for (let k = 0; k < chunk.records; k++) {
+      const type = raw[p++];
+      while ((raw[p++] & 0x80) !== 0); // the pfn; the image slot comes from the page's index
+      const at = imageAt + slots[indices[k]] * pageSize;
+      if (type === RECORD_ZERO) image.fill(0, at, at + pageSize);
+      else p = decodeRemusPage(raw, p, raw.length, image, at, pageSize);
+    }
+    if (p !== raw.length) throw new Error(`codec 3: a chunk's records end at ${p} of ${raw.length}`);
+    pos = chunk.end;
+  }
+}
+
+/**
  * ours with the WebAssembly kernel: the worker's own encode task
  * (workers/encoder.ts, called directly) over an arena as a stream gives it,
  * the trace's shared wasm memory, which holds the epoch records and grows
@@ -359,8 +368,10 @@ function align64(n: number): number {
  * its wasm path; decode is the kernel's decodePage (XBZRLE:
  * decodeXbzrleBody) onto the image.
  */
+type WasmRowName = 'ours-wasm' | 'ours-zstd-wasm' | 'xbzrle-wasm';
+
 class OursWasmCodec implements KernelCodec {
-  readonly name: 'ours-wasm' | 'xbzrle-wasm';
+  readonly name: WasmRowName;
   readonly description: string;
   readonly decodes = true;
   readonly counters: EncodeResult[] = [];
@@ -380,15 +391,21 @@ class OursWasmCodec implements KernelCodec {
   private readonly outLimit: number[] = [];
   private readonly outEnd: number[] = [];
   private readonly slots: Int32Array[];
+  /** Codec 3: the chunk scratch in the arena (else -1), and the chunk reader of its decode. */
+  private readonly scratchAt: number = -1;
+  private readonly chunks = new ChunkReader();
 
-  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: 'ours-wasm' | 'xbzrle-wasm' = 'ours-wasm') {
+  constructor(private readonly trace: PreparedTrace, cacheBytes: number, name: WasmRowName = 'ours-wasm') {
     const { pageSize, epochs, maxCount } = trace;
     this.name = name;
     this.slotCount = Math.floor(cacheBytes / pageSize);
-    this.description = name === 'ours-wasm'
-      ? `worker encode loop on its wasm path (the WebAssembly SIMD kernel over a shared-memory arena), ${this.slotCount}-page cache; ` +
-        "the kernel's decodePage onto the previous image"
-      : `worker encode loop with codec xbzrle on its wasm path, ${this.slotCount}-page cache; decodeXbzrleBody (TypeScript) onto the previous image`;
+    this.description = {
+      'ours-wasm': `worker encode loop on its wasm path (the WebAssembly SIMD kernel over a shared-memory arena), ${this.slotCount}-page cache; ` +
+        "the kernel's decodePage onto the previous image",
+      'ours-zstd-wasm': `worker encode loop with codec remus-zstd on its wasm path (the service's default), ${this.slotCount}-page cache; ` +
+        'zstd then decodeRemusPage (TypeScript) onto the previous image',
+      'xbzrle-wasm': `worker encode loop with codec xbzrle on its wasm path, ${this.slotCount}-page cache; decodeXbzrleBody (TypeScript) onto the previous image`,
+    }[name];
     this.indices = new SharedArrayBuffer(4 * maxCount);
     const indices = new Int32Array(this.indices);
     for (let i = 0; i < maxCount; i++) indices[i] = i;
@@ -403,6 +420,11 @@ class OursWasmCodec implements KernelCodec {
     let at = base;
     this.cacheAt = at;
     at = align64(at + this.slotCount * pageSize);
+    if (name === 'ours-zstd-wasm') {
+      // As a stream's partition has it: room for a chunk's index section and its records.
+      this.scratchAt = at;
+      at = align64(at + CHUNK_INDEX_RESERVE_BYTES + CHUNK_TARGET_BYTES);
+    }
     for (const e of epochs) {
       this.outStart.push(at);
       at += e.count * worst;
@@ -440,7 +462,7 @@ class OursWasmCodec implements KernelCodec {
       stream: this.stream,
       partition: 0,
       pageSize: this.trace.pageSize,
-      codec: this.name === 'xbzrle-wasm' ? CODEC_XBZRLE : CODEC_REMUS,
+      codec: { 'ours-wasm': CODEC_REMUS, 'ours-zstd-wasm': CODEC_REMUS_ZSTD, 'xbzrle-wasm': CODEC_XBZRLE }[this.name],
       slotCount: this.slotCount,
       cachePolicy: SEED_CACHE_POLICY,
       input: this.arena,
@@ -453,7 +475,7 @@ class OursWasmCodec implements KernelCodec {
       work: this.arena,
       outStart: this.outStart[e],
       outLimit: this.outLimit[e],
-      chunkBytes: 0,
+      chunkBytes: this.scratchAt >= 0 ? chunkLimitBytes(DEFAULT_FRAME_BYTES) : 0,
       records: this.records,
       groupHashes: this.groupHashes,
       groupFirst: 0,
@@ -462,6 +484,7 @@ class OursWasmCodec implements KernelCodec {
       pageCount: ep.count,
       memory: this.memory,
       cacheOffset: this.cacheAt,
+      ...(this.scratchAt >= 0 ? { scratchOffset: this.scratchAt } : {}),
       kernel: 'wasm',
     };
     const result = runEncoderTask(task) as EncodeResult;
@@ -480,6 +503,10 @@ class OursWasmCodec implements KernelCodec {
     const end = this.outEnd[e];
     const xbzrle = this.name === 'xbzrle-wasm';
     let pos = this.outStart[e];
+    if (this.scratchAt >= 0) {
+      decodeChunks(this.chunks, m, pos, end, slots, m, imageAt, pageSize);
+      return;
+    }
     for (let i = 0; i < count; i++) {
       const type = m[pos++];
       while ((m[pos++] & 0x80) !== 0); // the pfn, ULEB128; its image slot was looked up beforehand
@@ -735,7 +762,8 @@ export function createCodec(name: CodecName, trace: PreparedTrace, cacheBytes = 
     case 'ours-wasm':
       return new OursWasmCodec(trace, cacheBytes);
     case 'xbzrle-wasm':
-      return new OursWasmCodec(trace, cacheBytes, 'xbzrle-wasm');
+    case 'ours-zstd-wasm':
+      return new OursWasmCodec(trace, cacheBytes, name);
     case 'xbzrle':
       return new OursCodec(trace, cacheBytes, 'xbzrle');
     case 'ours-zstd':
@@ -852,7 +880,7 @@ export function measureKernel(trace: PreparedTrace, options: MeasureOptions = {}
     }
   }
   // The wasm paths must send exactly what the TypeScript ones send: compare their records epoch by epoch.
-  for (const [tsName, wasmName] of [['ours', 'ours-wasm'], ['xbzrle', 'xbzrle-wasm']] as const) {
+  for (const [tsName, wasmName] of [['ours', 'ours-wasm'], ['ours-zstd', 'ours-zstd-wasm'], ['xbzrle', 'xbzrle-wasm']] as const) {
     const tsPath = codecs.find((c) => c instanceof OursCodec && c.name === tsName) as OursCodec | undefined;
     const wasmPath = codecs.find((c) => c instanceof OursWasmCodec && c.name === wasmName) as OursWasmCodec | undefined;
     if (tsPath === undefined || wasmPath === undefined) continue;
