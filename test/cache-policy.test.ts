@@ -361,7 +361,17 @@ describe('cache policies in a stream', () => {
       const stream = sender.create({ workers: 2, cacheBytes: 256 * PAGE, cachePolicy, codec: 'remus' });
       const rx = new Receiver({ pageSize: PAGE, image: new MemoryImage(PAGE) });
       for (const record of records) {
-        const sink: FrameSink = { begin() {}, write(frame, release) { rx.applyFrame(Buffer.from(frame)); release(null); } };
+        const sink: FrameSink = {
+          begin() {},
+          write(frame, release) {
+            // Released even when the receiver refuses the frame, so that the epoch fails at once.
+            try {
+              rx.applyFrame(Buffer.from(frame));
+            } finally {
+              release(null);
+            }
+          },
+        };
         await stream.runEpoch(once(record), record.length, sink);
       }
       expect(rx.committedEpoch).toBe(10);

@@ -75,8 +75,13 @@ async function run(
           // The frame is a view of a slab that is reused once released.
           const copy = Buffer.from(frame);
           parts.push(copy);
-          if (rx.applyFrame(copy).committed) committed = true;
-          release(null);
+          // Released even when the receiver refuses the frame: the stream
+          // then fails the epoch at once, rather than wait for its slab.
+          try {
+            if (rx.applyFrame(copy).committed) committed = true;
+          } finally {
+            release(null);
+          }
         },
       };
       await stream.runEpoch(once(epoch.record), epoch.record.length, sink);
