@@ -350,7 +350,8 @@ export async function runLoad(config: LoadConfig): Promise<LoadResult> {
 }
 
 /** How the bare transfer server reads a body: node:http 'data' events copied into a slab, or straight into it. */
-export type CeilingRead = 'http' | 'slab';
+export const CEILING_READS = ['http', 'slab'] as const;
+export type CeilingRead = (typeof CEILING_READS)[number];
 
 export interface CeilingResult {
   transport: Transport;
@@ -463,7 +464,7 @@ async function main(): Promise<void> {
     }
     if (values.ceiling === true) {
       for (const epochMiB of list(values.sizes)) {
-        for (const read of ['http', 'slab'] as const) ceilings.push(await runHttpCeiling(epochMiB, epochs, transport, read));
+        for (const read of CEILING_READS) ceilings.push(await runHttpCeiling(epochMiB, epochs, transport, read));
       }
     }
   }

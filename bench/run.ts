@@ -17,7 +17,7 @@ import { packageRoot } from '../src/package-root.js';
 import { ProgressBar } from '../src/progress.js';
 import { generateTrace, type TraceProfile } from '../src/trace-gen.js';
 import { DEFAULT_TRACE, formatTable, measureKernel, prepareTrace, type KernelResult } from './kernel.js';
-import { formatCeiling, formatLoad, runHttpCeiling, runLoad, type CeilingResult, type LoadConfig, type LoadResult } from './load.js';
+import { CEILING_READS, formatCeiling, formatLoad, runHttpCeiling, runLoad, type CeilingResult, type LoadConfig, type LoadResult } from './load.js';
 import { lineChart } from './svg.js';
 
 interface Suite {
@@ -95,7 +95,7 @@ async function main(): Promise<void> {
 
   const ceilingRuns = [...new Set(plan.load.map((c) => `${c.transport} ${c.epochMiB}`))].flatMap((key) => {
     const [transport, epochMiB] = key.split(' ');
-    return (['http', 'slab'] as const).map((read) => ({ transport: transport as LoadConfig['transport'], epochMiB: Number(epochMiB), read }));
+    return CEILING_READS.map((read) => ({ transport: transport as LoadConfig['transport'], epochMiB: Number(epochMiB), read }));
   });
   const steps = kernelSources.length + plan.load.length + ceilingRuns.length;
   let done = 0;

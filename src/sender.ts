@@ -247,7 +247,7 @@ export class Sender implements StreamHost {
   }
 
   get(id: string): Stream {
-    const stream = this.streams.get(id);
+    const stream = this.find(id);
     if (stream === undefined) throw new ServiceError('STREAM_NOT_FOUND', `no stream ${id}`, 404);
     return stream;
   }

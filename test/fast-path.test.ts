@@ -300,7 +300,7 @@ function epochHead(id: string, length: number, extra: string[] = [], opts: HeadO
 }
 
 function epochRequest(id: string, body: Uint8Array, extra: string[] = []): Buffer {
-  return Buffer.concat([Buffer.from(epochHead(id, body.length, extra), 'latin1'), body]);
+  return withHead(epochHead(id, body.length, extra), body);
 }
 
 /** A body in chunked transfer coding, cut into pieces of about `piece` bytes. */
@@ -976,20 +976,20 @@ const BAD_REQUESTS: BadRequest[] = [
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
     request: (id, record) =>
-      Buffer.concat([Buffer.from(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: text/plain', `Content-Length: ${record.length}`] }), 'latin1'), record]),
+      withHead(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: text/plain', `Content-Length: ${record.length}`] }), record),
   },
   {
     name: 'no content type',
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
-    request: (id, record) => Buffer.concat([Buffer.from(epochHead(id, 0, [], { lines: ['Host: x', `Content-Length: ${record.length}`] }), 'latin1'), record]),
+    request: (id, record) => withHead(epochHead(id, 0, [], { lines: ['Host: x', `Content-Length: ${record.length}`] }), record),
   },
   {
     name: 'content type application/json',
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
     request: (id, record) =>
-      Buffer.concat([Buffer.from(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: application/json', `Content-Length: ${record.length}`] }), 'latin1'), record]),
+      withHead(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: application/json', `Content-Length: ${record.length}`] }), record),
   },
   {
     // The head only: the answer must come before any of the body.
