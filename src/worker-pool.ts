@@ -31,6 +31,9 @@ export class WorkerPool {
   private readonly pools: Piscina[];
   private readonly allowFaults: boolean;
   private readonly crashes: ({ afterPages: number; skipTasks: number } | undefined)[];
+  /** Fault injection, per worker: the last task run, and the turn the next task waits for while a crash task is held back. */
+  private readonly lastTasks: (Promise<unknown> | undefined)[];
+  private readonly turns: (Promise<unknown> | undefined)[];
   /** Tasks that failed (a worker died under them, or they threw) and idle workers that died. */
   failures = 0;
   /** Per worker: nanoseconds spent in encode tasks (as the worker measured them), for metrics. */
@@ -45,6 +48,8 @@ export class WorkerPool {
     this.size = options.workers;
     this.allowFaults = options.allowFaults ?? false;
     this.crashes = new Array(options.workers).fill(undefined);
+    this.lastTasks = new Array(options.workers).fill(undefined);
+    this.turns = new Array(options.workers).fill(undefined);
     this.busyNs = new Array<number>(options.workers).fill(0);
     this.tasksCompleted = new Array<number>(options.workers).fill(0);
     const workerData: WorkerData = { allowFaults: options.allowFaults ?? false };
@@ -74,14 +79,10 @@ export class WorkerPool {
   }
 
   run(worker: number, task: WorkerTask): Promise<EncodeResult | null> {
-    const crash = this.crashes[worker];
-    if (crash !== undefined && task.op === 'encode') {
-      if (crash.skipTasks > 0) crash.skipTasks--;
-      else {
-        task.crashAfterPages = crash.afterPages;
-        this.crashes[worker] = undefined;
-      }
-    }
+    return this.allowFaults ? this.runWithFaults(worker, task) : this.post(worker, task);
+  }
+
+  private post(worker: number, task: WorkerTask): Promise<EncodeResult | null> {
     return this.pools[worker].run(task).then(
       (result: EncodeResult | null) => {
         this.tasksCompleted[worker]++;
@@ -96,8 +97,42 @@ export class WorkerPool {
   }
 
   /**
+   * The task that carries an armed crash is posted only once the worker's
+   * earlier tasks have settled, and the tasks after it wait their turn behind
+   * it. A worker posts each result on piscina's port but its exit comes as
+   * the Worker's event, in no set order: a crash a few pages into the next
+   * task could otherwise fail a task whose result was already on its way, so
+   * "the crash comes in task N" would depend on the scheduler.
+   */
+  private runWithFaults(worker: number, task: WorkerTask): Promise<EncodeResult | null> {
+    let before = this.turns[worker];
+    const crash = this.crashes[worker];
+    if (crash !== undefined && task.op === 'encode') {
+      if (crash.skipTasks > 0) crash.skipTasks--;
+      else {
+        task.crashAfterPages = crash.afterPages;
+        this.crashes[worker] = undefined;
+        before = Promise.allSettled([before, this.lastTasks[worker]]);
+      }
+    }
+    let result: Promise<EncodeResult | null>;
+    if (before === undefined) result = this.post(worker, task);
+    else {
+      const turn = before.then(() => undefined, () => undefined);
+      this.turns[worker] = turn;
+      void turn.then(() => {
+        if (this.turns[worker] === turn) this.turns[worker] = undefined;
+      });
+      result = turn.then(() => this.post(worker, task));
+    }
+    this.lastTasks[worker] = result;
+    return result;
+  }
+
+  /**
    * Fault injection (tests only): worker `worker` exits after encoding
-   * `afterPages` pages of its encode task number `skipTasks + 1` from now.
+   * `afterPages` pages of its encode task number `skipTasks + 1` from now,
+   * once the tasks before that one have settled.
    */
   armCrash(worker: number, afterPages: number, skipTasks = 0): void {
     if (!this.allowFaults) throw new Error('fault injection is disabled for this pool');
