@@ -14,10 +14,15 @@ function referenceUleb128(value: number): number[] {
   return out;
 }
 
-/** Values on both sides of 2^31 (where 32-bit shifts would wrap) and of every 7-bit length step, and anything below PFN_LIMIT. */
+/**
+ * Values on both sides of 2^31 (where 32-bit shifts would wrap), of 2^32
+ * (where writeUleb128 leaves its shifts for division) and of every 7-bit
+ * length step, and anything below PFN_LIMIT.
+ */
 const ulebValue = fc.oneof(
   fc.integer({ min: 0, max: 2 ** 31 + 1000 }),
   fc.integer({ min: 2 ** 31 - 1000, max: 2 ** 31 + 1000 }),
+  fc.integer({ min: 2 ** 32 - 1000, max: 2 ** 32 + 1000 }),
   fc.integer({ min: 1, max: 7 }).chain((bytes) => fc.integer({ min: -2, max: 1 }).map((d) => Math.min(PFN_LIMIT - 1, Math.max(0, 2 ** (7 * bytes) + d)))),
   fc.integer({ min: 0, max: PFN_LIMIT - 1 }),
 );
