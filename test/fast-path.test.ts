@@ -296,11 +296,16 @@ interface HeadOptions {
 /** A request head; by default an epoch POST with Host, Content-Type and Content-Length. */
 function epochHead(id: string, length: number, extra: string[] = [], opts: HeadOptions = {}): string {
   const lines = opts.lines ?? ['Host: 127.0.0.1', `Content-Type: ${OCTETS}`, `Content-Length: ${length}`];
-  return `${opts.method ?? 'POST'} ${opts.target ?? `/v1/streams/${id}/epochs`} ${opts.version ?? 'HTTP/1.1'}\r\n${[...lines, ...extra].map((l) => `${l}\r\n`).join('')}\r\n`;
+  return rawHead(`${opts.method ?? 'POST'} ${opts.target ?? `/v1/streams/${id}/epochs`} ${opts.version ?? 'HTTP/1.1'}`, [...lines, ...extra]);
 }
 
 function epochRequest(id: string, body: Uint8Array, extra: string[] = []): Buffer {
   return withHead(epochHead(id, body.length, extra), body);
+}
+
+/** An epoch POST with exactly these header lines, then `body`. */
+function epochWithLines(id: string, lines: string[], body: Uint8Array): Buffer {
+  return withHead(epochHead(id, 0, [], { lines }), body);
 }
 
 /** A body in chunked transfer coding, cut into pieces of about `piece` bytes. */
@@ -315,8 +320,7 @@ function chunked(body: Uint8Array, piece: number): Buffer {
 }
 
 function chunkedEpochRequest(id: string, body: Uint8Array, piece = 5000): Buffer {
-  const head = epochHead(id, 0, [], { lines: ['Host: 127.0.0.1', `Content-Type: ${OCTETS}`, 'Transfer-Encoding: chunked'] });
-  return Buffer.concat([Buffer.from(head, 'latin1'), chunked(body, piece)]);
+  return epochWithLines(id, ['Host: 127.0.0.1', `Content-Type: ${OCTETS}`, 'Transfer-Encoding: chunked'], chunked(body, piece));
 }
 
 function getRequest(path: string, extra: string[] = []): string {
@@ -678,6 +682,34 @@ async function sendEpoch(side: Side, conn: RawConn, id: string, epoch: TraceEpoc
   return frames;
 }
 
+/** Send `epoch`'s head and the first half of its body on `conn`, then wait until its stream is running it. */
+async function sendHalfEpoch(side: Side, conn: RawConn, id: string, epoch: TraceEpoch): Promise<void> {
+  const { record } = epoch;
+  await conn.write(withHead(epochHead(id, record.length), record.subarray(0, record.length >> 1)));
+  await waitBusy(side, id, true);
+}
+
+/** Where a request comes on its connection, in the tests that try both. */
+const POSITIONS = ['first on its connection', 'after an epoch on the same connection'] as const;
+
+/**
+ * A new stream that has taken epoch 0 (small[0]), and a connection on which
+ * the next request comes at `position`: the one epoch 0 went over, or a new one.
+ */
+async function afterEpochZero(
+  side: Side, config: Record<string, unknown>, position: (typeof POSITIONS)[number],
+): Promise<{ id: string; mirror: Mirror; conn: RawConn }> {
+  const id = await createStream(side, config);
+  const mirror = new Mirror(side.name);
+  let conn = await RawConn.open(side.port);
+  await sendEpoch(side, conn, id, small[0], mirror);
+  if (position === 'first on its connection') {
+    conn.destroy();
+    conn = await RawConn.open(side.port);
+  }
+  return { id, mirror, conn };
+}
+
 // ================================================================ 1. many epochs, one connection
 
 describe('many epochs over one keep-alive connection', () => {
@@ -957,13 +989,13 @@ const BAD_REQUESTS: BadRequest[] = [
     name: 'Content-Length 8 more than the record',
     status: 400,
     code: 'EPOCH_LENGTH_MISMATCH',
-    request: (id, record) => Buffer.concat([Buffer.from(epochHead(id, record.length + 8), 'latin1'), record, Buffer.alloc(8)]),
+    request: (id, record) => withHead(epochHead(id, record.length + 8), Buffer.concat([record, Buffer.alloc(8)])),
   },
   {
     name: 'Content-Length 8 less than the record',
     status: 400,
     code: 'EPOCH_LENGTH_MISMATCH',
-    request: (id, record) => Buffer.concat([Buffer.from(epochHead(id, record.length - 8), 'latin1'), record.subarray(0, record.length - 8)]),
+    request: (id, record) => withHead(epochHead(id, record.length - 8), record.subarray(0, record.length - 8)),
   },
   {
     name: 'an unknown stream',
@@ -975,21 +1007,19 @@ const BAD_REQUESTS: BadRequest[] = [
     name: 'content type text/plain',
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
-    request: (id, record) =>
-      withHead(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: text/plain', `Content-Length: ${record.length}`] }), record),
+    request: (id, record) => epochWithLines(id, ['Host: x', 'Content-Type: text/plain', `Content-Length: ${record.length}`], record),
   },
   {
     name: 'no content type',
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
-    request: (id, record) => withHead(epochHead(id, 0, [], { lines: ['Host: x', `Content-Length: ${record.length}`] }), record),
+    request: (id, record) => epochWithLines(id, ['Host: x', `Content-Length: ${record.length}`], record),
   },
   {
     name: 'content type application/json',
     status: 415,
     code: 'EPOCH_BAD_CONTENT_TYPE',
-    request: (id, record) =>
-      withHead(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: application/json', `Content-Length: ${record.length}`] }), record),
+    request: (id, record) => epochWithLines(id, ['Host: x', 'Content-Type: application/json', `Content-Length: ${record.length}`], record),
   },
   {
     // The head only: the answer must come before any of the body.
@@ -1028,17 +1058,10 @@ const BAD_REQUESTS: BadRequest[] = [
 
 describe('errors before the first frame: the same status and code on both paths, and the stream takes the right epoch after', () => {
   for (const bad of BAD_REQUESTS) {
-    for (const position of ['first on its connection', 'after an epoch on the same connection'] as const) {
+    for (const position of POSITIONS) {
       it(`${bad.name} (${position}): ${bad.status} ${bad.code ?? '(the body reader names the code)'}`, async () => {
         const { fast, node } = await onBoth(async (side) => {
-          const id = await createStream(side, LIMITED_STREAM);
-          const mirror = new Mirror(side.name);
-          let conn = await RawConn.open(side.port);
-          await sendEpoch(side, conn, id, small[0], mirror);
-          if (position === 'first on its connection') {
-            conn.destroy();
-            conn = await RawConn.open(side.port);
-          }
+          const { id, mirror, conn } = await afterEpochZero(side, LIMITED_STREAM, position);
           await conn.write(bad.request(id, small[1].record));
           const res = await conn.response();
           if (bad.code === null) expect(res.status, `${side.name}: ${res.body.toString('utf8')}`).toBe(bad.status);
@@ -1063,20 +1086,11 @@ describe('errors before the first frame: the same status and code on both paths,
     }
   }
 
-  for (const position of ['first on its connection', 'after an epoch on the same connection'] as const) {
+  for (const position of POSITIONS) {
     it(`a body shorter than its Content-Length, then the client half-closes (${position})`, async () => {
       const { fast, node } = await onBoth(async (side) => {
-        const id = await createStream(side, LIMITED_STREAM);
-        const mirror = new Mirror(side.name);
-        let conn = await RawConn.open(side.port);
-        await sendEpoch(side, conn, id, small[0], mirror);
-        if (position === 'first on its connection') {
-          conn.destroy();
-          conn = await RawConn.open(side.port);
-        }
-        const record = small[1].record;
-        await conn.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, record.length >> 1)]));
-        await waitBusy(side, id, true);
+        const { id, mirror, conn } = await afterEpochZero(side, LIMITED_STREAM, position);
+        await sendHalfEpoch(side, conn, id, small[1]);
         conn.endWrites();
         const res = await conn.response();
         const closed = await conn.closedWithin(5000);
@@ -1107,7 +1121,7 @@ describe('errors before the first frame: the same status and code on both paths,
       const a = await RawConn.open(side.port);
       await sendEpoch(side, a, id, small[0], mirror);
       const record = small[1].record;
-      await a.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, record.length - 100)]));
+      await a.write(withHead(epochHead(id, record.length), record.subarray(0, record.length - 100)));
       await waitBusy(side, id, true);
 
       const answers: Outcome[] = [];
@@ -1145,13 +1159,8 @@ describe('errors before the first frame: the same status and code on both paths,
 describe('a running epoch stopped by another request', () => {
   it('aborted by POST .../abort before any frame: 409 EPOCH_ABORTED, the connection closed, and the epoch sent again succeeds', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const mirror = new Mirror(side.name);
-      const conn = await RawConn.open(side.port);
-      await sendEpoch(side, conn, id, small[0], mirror);
-      const record = small[1].record;
-      await conn.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, record.length >> 1)]));
-      await waitBusy(side, id, true);
+      const { id, mirror, conn } = await afterEpochZero(side, SMALL_STREAM, 'after an epoch on the same connection');
+      await sendHalfEpoch(side, conn, id, small[1]);
       const aborted = await api(side, 'POST', `/v1/streams/${id}/epochs/1/abort`);
       expect(aborted).toEqual({ status: 200, json: { aborted: 'running', nextEpoch: 1 } });
       const res = await conn.response();
@@ -1175,7 +1184,7 @@ describe('a running epoch stopped by another request', () => {
       const conn = await RawConn.open(side.port);
       const record = trace10[0].record;
       // Three quarters of a 2 MiB body: six of its eight batches, so frames go out while the rest is awaited.
-      await conn.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, (record.length * 3) >> 2)]));
+      await conn.write(withHead(epochHead(id, record.length), record.subarray(0, (record.length * 3) >> 2)));
       expect(await conn.waitBuffered(64 * 1024), `${side.name}: no frames while the body is awaited`).toBe(true);
       const aborted = await api(side, 'POST', `/v1/streams/${id}/epochs/0/abort`);
       expect(aborted).toEqual({ status: 200, json: { aborted: 'running', nextEpoch: 0 } });
@@ -1202,13 +1211,8 @@ describe('a running epoch stopped by another request', () => {
 
   it('its stream deleted while the body arrives: the same answer on both paths, and the connection is not left hanging', async () => {
     const { fast, node } = await onBoth(async (side) => {
-      const id = await createStream(side, SMALL_STREAM);
-      const mirror = new Mirror(side.name);
-      const conn = await RawConn.open(side.port);
-      await sendEpoch(side, conn, id, small[0], mirror);
-      const record = small[1].record;
-      await conn.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, record.length >> 1)]));
-      await waitBusy(side, id, true);
+      const { id, conn } = await afterEpochZero(side, SMALL_STREAM, 'after an epoch on the same connection');
+      await sendHalfEpoch(side, conn, id, small[1]);
       const deleted = await api(side, 'DELETE', `/v1/streams/${id}`);
       side.streams.delete(id);
       const res = await conn.response();
@@ -1356,7 +1360,7 @@ describe('a client that disconnects in the middle of the body', () => {
         if (!c.big) frames.push(digestOf(await sendEpoch(side, conn, id, epochs[n++], mirror)));
         const record = epochs[n].record;
         const cut = c.sent < 1 ? Math.floor(record.length * c.sent) : c.sent;
-        await conn.write(Buffer.concat([Buffer.from(epochHead(id, record.length), 'latin1'), record.subarray(0, cut)]));
+        await conn.write(withHead(epochHead(id, record.length), record.subarray(0, cut)));
         await waitBusy(side, id, true);
         conn.destroy();
         await waitBusy(side, id, false);
@@ -1415,71 +1419,71 @@ const VARIANTS: HeadVariant[] = [
   {
     name: 'header names in upper case',
     status: 200,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['HOST: x', `CONTENT-TYPE: ${OCTETS}`, `CONTENT-LENGTH: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['HOST: x', `CONTENT-TYPE: ${OCTETS}`, `CONTENT-LENGTH: ${r.length}`], r),
   },
   {
     name: 'content type with a parameter',
     status: 200,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}; charset=binary`, `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}; charset=binary`, `Content-Length: ${r.length}`], r),
   },
   {
     name: 'content type in mixed case',
     status: 200,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', 'Content-Type: Application/Octet-Stream', `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', 'Content-Type: Application/Octet-Stream', `Content-Length: ${r.length}`], r),
   },
   {
     name: 'header values with tabs and spaces around them',
     status: 200,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host:x', `Content-Type:\t ${OCTETS} \t`, `Content-Length:   ${r.length}  `]), r),
+    request: (id, r) => epochWithLines(id, ['Host:x', `Content-Type:\t ${OCTETS} \t`, `Content-Length:   ${r.length}  `], r),
   },
   {
     name: 'two Content-Type headers, text/plain first',
     status: 415,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', 'Content-Type: text/plain', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', 'Content-Type: text/plain', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`], r),
   },
   {
     name: 'two Content-Type headers, octet-stream first',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Type: text/plain', `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Type: text/plain', `Content-Length: ${r.length}`], r),
   },
   {
     name: 'content type application/octet-streamx',
     status: 415,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}x`, `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}x`, `Content-Length: ${r.length}`], r),
   },
   {
     name: 'Content-Length with leading zeros',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: 000${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: 000${r.length}`], r),
   },
   {
     name: 'two equal Content-Length headers',
     status: 400,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, `Content-Length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, `Content-Length: ${r.length}`], r),
   },
   {
     name: 'Content-Length "N, N"',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}, ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}, ${r.length}`], r),
   },
   {
     name: 'Content-Length with a plus sign',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: +${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: +${r.length}`], r),
   },
   {
     name: 'Content-Length of 2^64',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Length: 18446744073709551616']), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Length: 18446744073709551616'], r),
   },
   {
     name: 'Content-Length 0',
-    request: (id) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Length: 0']), new Uint8Array(0)),
+    request: (id) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Length: 0'], new Uint8Array(0)),
   },
   {
     name: 'Content-Length and Transfer-Encoding: chunked',
     status: 400,
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, 'Transfer-Encoding: chunked']), chunked(r, 4000)),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, 'Transfer-Encoding: chunked'], chunked(r, 4000)),
   },
   { name: 'Transfer-Encoding: chunked', status: 200, request: (id, r) => chunkedEpochRequest(id, r, 777) },
   {
     name: 'Transfer-Encoding: identity',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, 'Transfer-Encoding: identity']), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, 'Transfer-Encoding: identity'], r),
   },
   { name: 'a query string', status: 200, request: (id, r) => withHead(epochHead(id, r.length, [], { target: `/v1/streams/${id}/epochs?x=1` }), r) },
   { name: 'an empty query string', request: (id, r) => withHead(epochHead(id, r.length, [], { target: `/v1/streams/${id}/epochs?` }), r) },
@@ -1497,7 +1501,7 @@ const VARIANTS: HeadVariant[] = [
   { name: 'HTTP/1.0', status: 200, request: (id, r) => withHead(epochHead(id, r.length, [], { version: 'HTTP/1.0' }), r) },
   { name: 'HTTP/1.0 with Connection: keep-alive', request: (id, r) => withHead(epochHead(id, r.length, ['Connection: keep-alive'], { version: 'HTTP/1.0' }), r) },
   { name: 'HTTP/1.2', request: (id, r) => withHead(epochHead(id, r.length, [], { version: 'HTTP/1.2' }), r) },
-  { name: 'no Host header', status: 400, request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, [`Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`]), r) },
+  { name: 'no Host header', status: 400, request: (id, r) => epochWithLines(id, [`Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`], r) },
   { name: 'Connection: close', status: 200, request: (id, r) => epochRequest(id, r, ['Connection: close']) },
   { name: 'Connection: keep-alive', status: 200, request: (id, r) => epochRequest(id, r, ['Connection: keep-alive']) },
   { name: 'Upgrade: websocket', request: (id, r) => epochRequest(id, r, ['Connection: Upgrade', 'Upgrade: websocket']) },
@@ -1544,13 +1548,13 @@ const VARIANTS: HeadVariant[] = [
   { name: 'a space at the end of the request line', request: (id, r) => withHead(epochHead(id, r.length, [], { version: 'HTTP/1.1 ' }), r) },
   {
     name: 'Content-Length twice, in different case',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, `content-length: ${r.length}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${r.length}`, `content-length: ${r.length}`], r),
   },
   {
     name: 'Content-Length with a space inside',
-    request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${String(r.length).replace(/^(\d)/, '$1 ')}`]), r),
+    request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: ${String(r.length).replace(/^(\d)/, '$1 ')}`], r),
   },
-  { name: 'Content-Length negative', request: (id, r) => withHead(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: -${r.length}`]), r) },
+  { name: 'Content-Length negative', request: (id, r) => epochWithLines(id, ['Host: x', `Content-Type: ${OCTETS}`, `Content-Length: -${r.length}`], r) },
   { name: 'Content-Length 2^53 + 1 (head only)', request: (id) => Buffer.from(rawHead(`POST /v1/streams/${id}/epochs HTTP/1.1`, ['Host: x', `Content-Type: ${OCTETS}`, 'Content-Length: 9007199254740993']), 'latin1') },
   { name: 'a header name with a space inside', request: (id, r) => epochRequest(id, r, ['X Thing: 1']) },
   { name: 'an empty header name', request: (id, r) => epochRequest(id, r, [': 1']) },
@@ -1563,7 +1567,7 @@ const VARIANTS: HeadVariant[] = [
 
 describe('unusual and malformed request heads: node:http and fastify decide, on both paths', () => {
   for (const v of VARIANTS) {
-    for (const position of ['first on its connection', 'after an epoch on the same connection'] as const) {
+    for (const position of POSITIONS) {
       it(`${v.name} (${position})`, async () => {
         const { fast, node } = await onBoth(async (side) => {
           const id = await createStream(side, SMALL_STREAM);
@@ -1718,7 +1722,7 @@ describe('which requests the fast path serves', () => {
         mirror.apply(res.body, small[n++]);
       });
       await step('Upgrade', served(['Connection: Upgrade', 'Upgrade: websocket']));
-      await step('a wrong content type', refused(415, (r) => withHead(epochHead(id, 0, [], { lines: ['Host: x', 'Content-Type: text/plain', `Content-Length: ${r.length}`] }), r)));
+      await step('a wrong content type', refused(415, (r) => epochWithLines(id, ['Host: x', 'Content-Type: text/plain', `Content-Length: ${r.length}`], r)));
       await step('an unknown stream', refused(404, (r) => epochRequest('nosuch', r)));
       await step('an epoch after GET /health on its connection', async (conn) => {
         await conn.write(getRequest('/health'));
