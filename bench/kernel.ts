@@ -760,7 +760,6 @@ export function createCodec(name: CodecName, trace: PreparedTrace, cacheBytes = 
     case 'ours':
       return new OursCodec(trace, cacheBytes);
     case 'ours-wasm':
-      return new OursWasmCodec(trace, cacheBytes);
     case 'xbzrle-wasm':
     case 'ours-zstd-wasm':
       return new OursWasmCodec(trace, cacheBytes, name);
